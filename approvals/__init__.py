@@ -1,0 +1,1 @@
+"""Human gates and their decisions."""

@@ -1,0 +1,38 @@
+from rest_framework import serializers
+
+from approvals.models import Decision, Gate
+
+
+class DecisionSerializer(serializers.ModelSerializer):
+    approver = serializers.CharField(source="approver.username", read_only=True)
+
+    class Meta:
+        model = Decision
+        fields = ["id", "gate_revision", "approver", "option", "outcome", "input_digest", "comment", "created_at"]
+
+
+class GateSerializer(serializers.ModelSerializer):
+    task = serializers.CharField(source="task.key", read_only=True)
+    approvals = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Gate
+        fields = ["id", "run", "task", "title", "instructions", "options", "form", "shows", "approvers",
+                  "required_approvals", "approvals", "classification", "state", "revision", "deadline",
+                  "on_timeout", "escalated", "opened_at", "decided_at", "outcome_reason"]
+
+    def get_approvals(self, obj) -> int:
+        return obj.decisions.filter(gate_revision=obj.revision, outcome="approve").values("approver").distinct().count()
+
+
+class GateDetailSerializer(GateSerializer):
+    decisions = DecisionSerializer(many=True, read_only=True)
+
+    class Meta(GateSerializer.Meta):
+        fields = GateSerializer.Meta.fields + ["decisions"]
+
+
+class GateDecideSerializer(serializers.Serializer):
+    option = serializers.CharField(max_length=100)
+    input = serializers.JSONField(required=False, allow_null=True, default=None)
+    comment = serializers.CharField(required=False, default="", allow_blank=True, max_length=5000)

@@ -1,0 +1,57 @@
+"""REST endpoints for gates: list those awaiting me, show one, decide."""
+from __future__ import annotations
+
+import json
+
+from django.conf import settings
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from approvals import selectors, services
+from gateway.errors import ErrorCode, GatehouseError
+
+from .serializers import DecisionSerializer, GateDecideSerializer, GateDetailSerializer, GateSerializer
+
+
+class GateListApi(APIView):
+    @extend_schema(
+        parameters=[OpenApiParameter("scope", str, enum=["awaiting", "all"], description="awaiting (default): open gates I may decide")],
+        responses=GateSerializer(many=True),
+    )
+    def get(self, request):
+        scope = request.query_params.get("scope", "awaiting")
+        if scope == "all":
+            gates = selectors.gate_list_for_user(request.user).order_by("-opened_at")
+        elif scope == "awaiting":
+            gates = selectors.gate_list_awaiting_user(request.user)
+        else:
+            raise GatehouseError(ErrorCode.INVALID, "scope must be 'awaiting' or 'all'.")
+        run = request.query_params.get("run")
+        if run:
+            gates = gates.filter(run_id=run)
+        paginator = LimitOffsetPagination()
+        page = paginator.paginate_queryset(gates, request, view=self)
+        return paginator.get_paginated_response(GateSerializer(page, many=True).data)
+
+
+class GateDetailApi(APIView):
+    @extend_schema(responses=GateDetailSerializer)
+    def get(self, request, gate_id):
+        return Response(GateDetailSerializer(selectors.gate_get_for_user(gate_id, request.user)).data)
+
+
+class GateDecideApi(APIView):
+    @extend_schema(request=GateDecideSerializer, responses={201: DecisionSerializer})
+    def post(self, request, gate_id):
+        gate = selectors.gate_get_for_user(gate_id, request.user)
+        serializer = GateDecideSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        if len(json.dumps(data["input"])) > settings.GATEHOUSE_MAX_DECISION_INPUT_BYTES:
+            raise GatehouseError(ErrorCode.GATE_INPUT_INVALID, "The input is too large.", status=413)
+        decision = services.gate_decide(
+            gate=gate, actor=request.user, option=data["option"], input_value=data["input"], comment=data["comment"]
+        )
+        return Response(DecisionSerializer(decision).data, status=201)

@@ -1,0 +1,209 @@
+"""Write paths for gates: open, decide, time out, close on cancel."""
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import timedelta
+
+import jsonschema
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from audit.services import audit_append
+from gateway.choices import TaskState
+from gateway.engine import after_terminal, task_transition
+from gateway.errors import Conflict, ErrorCode, Forbidden, GatehouseError
+from gateway.models import Artefact, Membership, TaskInstance
+from gateway.spec import TaskSpec
+from gateway.storage import get_store, tenant_key
+
+from .choices import GateState, OnTimeout, Outcome
+from .models import Decision, Gate, GateEligibility
+
+
+def canonical_json(value) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _set_eligibility(gate: Gate, principals) -> None:
+    GateEligibility.objects.filter(gate=gate).delete()
+    GateEligibility.objects.bulk_create([GateEligibility(gate=gate, principal=p) for p in sorted(set(principals))])
+
+
+def gate_open(task: TaskInstance) -> Gate:
+    """Called by the engine inside the transaction that moved a gate task to AWAITING_DECISION.
+    Snapshots what the analyst will be shown, including the exact artefacts (by digest)."""
+    spec = TaskSpec.from_dict(task.spec).gate
+    shows = []
+    for ref in spec.shows:
+        artefact = (
+            Artefact.objects.filter(run_id=task.run_id, task__key=ref.task, name=ref.name).order_by("-attempt").first()
+        )
+        shows.append(
+            {
+                "ref": str(ref),
+                "artefact": str(artefact.id) if artefact else None,
+                "digest": artefact.digest if artefact else None,
+            }
+        )
+    now = timezone.now()
+    gate = Gate.objects.create(
+        tenant_id=task.tenant_id,
+        run_id=task.run_id,
+        task=task,
+        title=spec.title,
+        instructions=spec.instructions,
+        options=[{"name": o.name, "label": o.label, "outcome": o.outcome} for o in spec.options],
+        form=spec.form,
+        shows=shows,
+        approvers=list(spec.approvers),
+        required_approvals=spec.required_approvals,
+        classification=task.classification,
+        on_timeout=spec.on_timeout,
+        escalate_to=list(spec.escalate_to),
+        timeout_seconds=spec.timeout,
+        deadline=now + timedelta(seconds=spec.timeout) if spec.timeout else None,
+    )
+    _set_eligibility(gate, spec.approvers)
+    audit_append(event="gate.opened", tenant_id=task.tenant_id, obj=gate, data={"run": str(task.run_id), "task": task.key})
+    return gate
+
+
+def _conclude(gate: Gate, task: TaskInstance, *, state: str, task_state: str, reason: str, actor=None, input_value=None) -> None:
+    gate.state = state
+    gate.decided_at = timezone.now()
+    gate.outcome_reason = reason
+    gate.save(update_fields=["state", "decided_at", "outcome_reason"])
+    if state == GateState.APPROVED:
+        # The analyst's input becomes the gate's one artefact, the input of the tasks after it.
+        blob = get_store().put_bytes(tenant_key(task.tenant_id), canonical_json(input_value))
+        Artefact.objects.create(
+            tenant_id=task.tenant_id,
+            run_id=task.run_id,
+            task=task,
+            attempt=task.attempt,
+            name="input",
+            digest=blob.digest,
+            size=blob.size,
+            media_type="application/json",
+            classification=task.classification,
+        )
+    task_transition(task, task_state, transition_id=f"conclude:{gate.id}:{gate.revision}", reason=reason, actor=actor)
+    after_terminal(task)
+
+
+def _refuse(gate: Gate, actor, code: str, message: str, exc_class=GatehouseError, **detail):
+    """Refusals are recorded even though the request changes nothing else."""
+    with transaction.atomic():
+        audit_append(
+            event="gate.decision_refused",
+            tenant_id=gate.tenant_id,
+            actor=actor,
+            obj=gate,
+            outcome="denied",
+            data={"code": code, **detail},
+        )
+    raise exc_class(code, message)
+
+
+def gate_decide(*, gate: Gate, actor, option: str, input_value=None, comment: str = "") -> Decision:
+    """One analyst's decision. The first conclusive outcome wins: `required_approvals` distinct
+    approvals release the dependants at once; one rejection skips them."""
+    membership = Membership.objects.filter(user=actor, tenant_id=gate.tenant_id).first()
+    if membership is None or not (membership.principals() & set(gate.approvers)):
+        _refuse(gate, actor, ErrorCode.GATE_NOT_APPROVER, "You are not an approver of this gate.", Forbidden)
+    chosen = gate.option(option)
+    if chosen is None:
+        _refuse(gate, actor, ErrorCode.GATE_UNKNOWN_OPTION, f"Unknown option {option!r}.", option=option)
+    if gate.form is not None:
+        try:
+            jsonschema.Draft202012Validator(gate.form).validate({} if input_value is None else input_value)
+        except jsonschema.ValidationError as exc:
+            path = "/" + "/".join(str(p) for p in exc.absolute_path)
+            _refuse(gate, actor, ErrorCode.GATE_INPUT_INVALID, f"The input does not match the gate's form at {path}: {exc.message}")
+    try:
+        with transaction.atomic():
+            task = TaskInstance.objects.select_for_update().get(id=gate.task_id)
+            gate = Gate.objects.select_for_update().get(id=gate.id)
+            if gate.state != GateState.OPEN:
+                raise Conflict(ErrorCode.GATE_ALREADY_DECIDED, f"The gate is already {gate.state.lower()}.")
+            if Decision.objects.filter(gate=gate, gate_revision=gate.revision, approver=actor).exists():
+                raise Conflict(ErrorCode.GATE_ALREADY_VOTED, "You have already decided this gate.")
+            decision = Decision.objects.create(
+                tenant_id=gate.tenant_id,
+                gate=gate,
+                gate_revision=gate.revision,
+                approver=actor,
+                option=chosen["name"],
+                outcome=chosen["outcome"],
+                input=input_value,
+                input_digest=hashlib.sha256(canonical_json(input_value)).hexdigest(),
+                comment=comment,
+            )
+            audit_append(
+                event="gate.decided",
+                tenant_id=gate.tenant_id,
+                actor=actor,
+                obj=gate,
+                data={"option": decision.option, "outcome": decision.outcome, "input_digest": decision.input_digest},
+            )
+            if decision.outcome == Outcome.REJECT:
+                _conclude(gate, task, state=GateState.REJECTED, task_state=TaskState.REJECTED,
+                          reason=f"rejected by {actor.get_username()} ({decision.option})", actor=actor)
+                audit_append(event="gate.rejected", tenant_id=gate.tenant_id, actor=actor, obj=gate)
+            else:
+                approvals = (
+                    Decision.objects.filter(gate=gate, gate_revision=gate.revision, outcome=Outcome.APPROVE)
+                    .values("approver").distinct().count()
+                )
+                if approvals >= gate.required_approvals:
+                    _conclude(gate, task, state=GateState.APPROVED, task_state=TaskState.SUCCEEDED,
+                              reason=f"{decision.option} ({approvals} of {gate.required_approvals})", actor=actor,
+                              input_value=input_value)
+                    audit_append(event="gate.released", tenant_id=gate.tenant_id, actor=actor, obj=gate)
+            return decision
+    except IntegrityError:  # the same person deciding twice at once: the unique constraint holds
+        raise Conflict(ErrorCode.GATE_ALREADY_VOTED, "You have already decided this gate.") from None
+
+
+def gate_time_out(gate_id, now=None) -> str | None:
+    """Apply a gate's on_timeout once its deadline has passed. A timeout never approves."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        gate = Gate.objects.filter(id=gate_id).first()
+        if gate is None:
+            return None
+        task = TaskInstance.objects.select_for_update(skip_locked=True).filter(id=gate.task_id).first()
+        if task is None:
+            return None  # another reconciler holds it
+        gate = Gate.objects.select_for_update().get(id=gate_id)
+        if gate.state != GateState.OPEN or gate.deadline is None or gate.deadline > now:
+            return None
+        if gate.on_timeout == OnTimeout.ESCALATE and not gate.escalated:
+            gate.escalated = True
+            gate.approvers = list(gate.escalate_to)
+            gate.deadline = now + timedelta(seconds=gate.timeout_seconds or 0)
+            gate.save(update_fields=["escalated", "approvers", "deadline"])
+            _set_eligibility(gate, gate.escalate_to)
+            task_transition(task, TaskState.AWAITING_DECISION, transition_id=f"escalate:{gate.id}",
+                            reason="escalated to " + ", ".join(gate.escalate_to))
+            audit_append(event="gate.escalated", tenant_id=gate.tenant_id, obj=gate, data={"to": gate.escalate_to})
+            return "escalated"
+        if gate.on_timeout == OnTimeout.EXPIRE:
+            _conclude(gate, task, state=GateState.EXPIRED, task_state=TaskState.EXPIRED, reason="deadline passed")
+            audit_append(event="gate.expired", tenant_id=gate.tenant_id, obj=gate)
+            return "expired"
+        # reject, and an escalated gate whose second deadline passed
+        _conclude(gate, task, state=GateState.REJECTED, task_state=TaskState.REJECTED, reason="deadline passed")
+        audit_append(event="gate.rejected", tenant_id=gate.tenant_id, obj=gate, data={"reason": "timeout"})
+        return "rejected"
+
+
+def gates_time_out(now=None) -> int:
+    now = now or timezone.now()
+    ids = list(Gate.objects.filter(state=GateState.OPEN, deadline__lte=now).values_list("id", flat=True)[:500])
+    return sum(1 for gate_id in ids if gate_time_out(gate_id, now))
+
+
+def gate_close_cancelled(task: TaskInstance) -> None:
+    Gate.objects.filter(task=task, state=GateState.OPEN).update(state=GateState.CANCELLED, decided_at=timezone.now())

@@ -1,0 +1,63 @@
+from rest_framework import serializers
+
+from gateway.models import Artefact, Run, TaskInstance
+
+
+class ArtefactSerializer(serializers.ModelSerializer):
+    task = serializers.CharField(source="task.key", read_only=True)
+    content_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Artefact
+        fields = ["id", "run", "task", "attempt", "name", "digest", "size", "media_type", "classification",
+                  "created_at", "content_url"]
+
+    def get_content_url(self, obj) -> str:
+        return f"/api/v1/artefacts/{obj.id}/content"
+
+
+class TaskSerializer(serializers.ModelSerializer):
+    needs = serializers.SerializerMethodField()
+
+    class Meta:
+        model = TaskInstance
+        fields = ["key", "kind", "state", "reason", "needs", "backend", "classification", "attempt", "failures",
+                  "recoveries", "exit_code", "started_at", "finished_at", "state_changed_at"]
+
+    def get_needs(self, obj) -> list[str]:
+        return list(obj.spec.get("needs", []))
+
+
+class RunSerializer(serializers.ModelSerializer):
+    submitter = serializers.CharField(source="submitter.username", read_only=True)
+
+    class Meta:
+        model = Run
+        fields = ["id", "name", "state", "reason", "classification", "submitter", "spec_digest", "created_at",
+                  "finished_at"]
+
+
+class RunDetailSerializer(RunSerializer):
+    tasks = serializers.SerializerMethodField()
+    counts = serializers.SerializerMethodField()
+
+    class Meta(RunSerializer.Meta):
+        fields = RunSerializer.Meta.fields + ["counts", "tasks"]
+
+    def get_tasks(self, obj) -> list[dict]:
+        return TaskSerializer(obj.tasks.order_by("id"), many=True).data
+
+    def get_counts(self, obj) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for state in obj.tasks.values_list("state", flat=True):
+            counts[state] = counts.get(state, 0) + 1
+        return counts
+
+
+class RunSubmitSerializer(serializers.Serializer):
+    source = serializers.CharField(help_text="The workflow YAML.", trim_whitespace=False)
+    filename = serializers.CharField(required=False, default="<submitted>")
+
+
+class RunCancelSerializer(serializers.Serializer):
+    reason = serializers.CharField(required=False, default="cancelled by user", max_length=500)

@@ -1,0 +1,18 @@
+"""The Celery application. Tasks live in each app's tasks.py and stay thin."""
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway.settings")
+
+app = Celery("gatehouse")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
+
+
+@app.on_after_finalize.connect
+def _schedule_reconciler(sender, **kwargs):
+    from django.conf import settings
+
+    interval = settings.GATEHOUSE_ENGINE["RECONCILE_INTERVAL_SECONDS"]
+    sender.add_periodic_task(interval, sender.signature("gateway.tasks.reconcile_task"), name="reconcile")

@@ -1,0 +1,218 @@
+"""All settings, read once from the environment with typed defaults.
+
+Profiles (GATEHOUSE_PROFILE):
+  dev         the embedded default: SQLite, filesystem broker, local executor, files for artefacts
+  test        what `make test` uses: PostgreSQL and Redis (URLs from the environment)
+  production  refuses to start with DEBUG on or without a secret key
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+env = environ.Env()
+
+PROFILE = env.str("GATEHOUSE_PROFILE", default="dev")
+if PROFILE not in {"dev", "test", "production"}:
+    raise ImproperlyConfigured(f"GATEHOUSE_PROFILE must be dev, test or production, not {PROFILE!r}")
+
+VAR_DIR = Path(env.str("GATEHOUSE_VAR_DIR", default=str(BASE_DIR / "var")))
+
+DEBUG = env.bool("GATEHOUSE_DEBUG", default=PROFILE != "production")
+SECRET_KEY = env.str("GATEHOUSE_SECRET_KEY", default="")
+if PROFILE == "production":
+    if DEBUG:
+        raise ImproperlyConfigured("production refuses to start with GATEHOUSE_DEBUG on")
+    if len(SECRET_KEY) < 32:
+        raise ImproperlyConfigured("production needs GATEHOUSE_SECRET_KEY (at least 32 characters)")
+elif not SECRET_KEY:
+    SECRET_KEY = "dev-insecure-" + "x" * 40  # never used outside dev/test
+
+ALLOWED_HOSTS = env.list("GATEHOUSE_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver"])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "guardian",
+    "channels",
+    "gateway",
+    "approvals",
+    "audit",
+    "executors",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "gateway.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+ASGI_APPLICATION = "gateway.asgi.application"
+WSGI_APPLICATION = "gateway.wsgi.application"
+
+# Database: SQLite by default (embedded), PostgreSQL for tests and production.
+DATABASES = {
+    "default": env.db_url(
+        "GATEHOUSE_DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'gatehouse.sqlite3'}"
+    )
+}
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # Several processes (server, worker) share the file: wait for locks instead of failing.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {"timeout": 30, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"}
+    )
+else:
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("GATEHOUSE_DB_CONN_MAX_AGE", default=60)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    DATABASES["default"].setdefault("TEST", {})["NAME"] = env.str(
+        "GATEHOUSE_TEST_DATABASE", default="test_gatehouse"
+    )
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "guardian.backends.ObjectPermissionBackend",
+]
+LOGIN_URL = "/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/login/"
+
+LANGUAGE_CODE = "en-gb"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+STATIC_URL = "/static/"
+STATIC_ROOT = VAR_DIR / "static"
+
+SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_HTTPONLY = False
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = PROFILE == "production"
+X_FRAME_OPTIONS = "DENY"
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["gateway.permissions.IsTenantMember"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "gateway.errors.exception_handler",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Gatehouse API",
+    "DESCRIPTION": "Submit DAG workflows, follow runs, decide human gates.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+# Celery. The embedded default uses kombu's filesystem transport: no server needed.
+_broker_dir = VAR_DIR / "broker"
+CELERY_BROKER_URL = env.str("GATEHOUSE_BROKER_URL", default="filesystem://")
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    for sub in ("in", "processed"):
+        os.makedirs(_broker_dir / sub, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_broker_dir / "in"),
+        "data_folder_out": str(_broker_dir / "in"),
+        "processed_folder": str(_broker_dir / "processed"),
+        "store_processed": False,
+        "polling_interval": 0.05,
+    }
+else:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        # A message whose worker died is redelivered after this long; the engine's reconciler
+        # recovers the task well before, and the redelivered message is then a no-op.
+        "visibility_timeout": env.int("GATEHOUSE_BROKER_VISIBILITY_TIMEOUT", default=3600),
+    }
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = env.int("GATEHOUSE_WORKER_PREFETCH", default=4)
+CELERY_TASK_DEFAULT_QUEUE = env.str("GATEHOUSE_QUEUE", default="gatehouse")
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+# Artefacts: files on disk by default; S3 when a bucket is configured.
+_s3_bucket = env.str("GATEHOUSE_ARTEFACT_S3_BUCKET", default="")
+GATEHOUSE_ARTEFACT_STORE = (
+    {
+        "backend": "s3",
+        "bucket": _s3_bucket,
+        "prefix": env.str("GATEHOUSE_ARTEFACT_S3_PREFIX", default=""),
+        "endpoint_url": env.str("GATEHOUSE_ARTEFACT_S3_ENDPOINT", default="") or None,
+        "region_name": env.str("GATEHOUSE_ARTEFACT_S3_REGION", default="") or None,
+    }
+    if _s3_bucket
+    else {"backend": "file", "root": env.str("GATEHOUSE_ARTEFACT_ROOT", default=str(VAR_DIR / "artefacts"))}
+)
+
+# The engine.
+GATEHOUSE_ENGINE = {
+    # Where task work directories are created (local executor).
+    "WORKDIR_ROOT": env.str("GATEHOUSE_WORKDIR_ROOT", default=str(VAR_DIR / "work")),
+    "KEEP_WORKDIRS": env.bool("GATEHOUSE_KEEP_WORKDIRS", default=False),
+    # A running task's worker renews its lease every HEARTBEAT seconds; a lease older than
+    # LEASE seconds means the worker died, and the reconciler starts a new attempt.
+    "HEARTBEAT_SECONDS": env.float("GATEHOUSE_HEARTBEAT_SECONDS", default=2.0),
+    "LEASE_SECONDS": env.float("GATEHOUSE_LEASE_SECONDS", default=30.0),
+    # A task queued this long without being claimed is taken as a lost broker message.
+    "DISPATCH_TIMEOUT_SECONDS": env.float("GATEHOUSE_DISPATCH_TIMEOUT_SECONDS", default=300.0),
+    "RECONCILE_INTERVAL_SECONDS": env.float("GATEHOUSE_RECONCILE_INTERVAL_SECONDS", default=5.0),
+    # How many times a task is restarted after its worker was lost before it fails.
+    "MAX_RECOVERIES": env.int("GATEHOUSE_MAX_RECOVERIES", default=3),
+    # gateway.dispatch.CeleryDispatcher or gateway.dispatch.RecordingDispatcher (tests).
+    "DISPATCHER": env.str("GATEHOUSE_DISPATCHER", default="gateway.dispatch.CeleryDispatcher"),
+}
+
+# Limits on workflow files (hostile input is refused before it costs memory or time).
+GATEHOUSE_SPEC_LIMITS = {
+    "max_bytes": env.int("GATEHOUSE_SPEC_MAX_BYTES", default=2_000_000),
+    "max_tasks": env.int("GATEHOUSE_SPEC_MAX_TASKS", default=5_000),
+    "max_depth": env.int("GATEHOUSE_SPEC_MAX_DEPTH", default=40),
+    "max_nodes": env.int("GATEHOUSE_SPEC_MAX_NODES", default=500_000),
+}
+# Largest analyst form input accepted with a decision.
+GATEHOUSE_MAX_DECISION_INPUT_BYTES = env.int("GATEHOUSE_MAX_DECISION_INPUT_BYTES", default=1_000_000)
+DATA_UPLOAD_MAX_MEMORY_SIZE = GATEHOUSE_SPEC_LIMITS["max_bytes"] + 65536
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env.str("GATEHOUSE_LOG_LEVEL", default="INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

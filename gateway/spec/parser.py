@@ -1,0 +1,506 @@
+"""``parse_workflow``: bytes in, a validated :class:`Workflow` (or a :class:`SpecError`) out.
+
+Stages:
+
+1. :func:`decode_source` and :func:`load_yaml` refuse hostile input (size, encoding,
+   control characters, depth, alias bombs, huge scalars, too many tasks); the first such
+   problem stops everything.
+2. The JSON Schema checks structure and types.
+3. Semantic checks, written defensively so they run even on a structurally broken
+   document: duplicate ids, unknown/self needs, cycles, artefact references and ancestry,
+   duplicate outputs/inputs/options, paths, form schemas, durations.
+4. Only when there are no issues at all are the dataclasses built, with defaults applied.
+
+All issues from stages 2-3 (plus duplicate keys from stage 1) are reported together,
+sorted by line.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import functools
+import hashlib
+import mimetypes
+import posixpath
+from dataclasses import replace
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+from .durations import parse_duration
+from .errors import Limits, SpecError, SpecIssue
+from .graph import Ancestry, find_cycles
+from .model import (
+    APPROVE,
+    GATE,
+    GATE_OUTPUT,
+    REJECT,
+    TASK,
+    ArtefactRef,
+    GateOption,
+    GateSpec,
+    InputSpec,
+    OutputSpec,
+    RetrySpec,
+    RunSpec,
+    TaskSpec,
+    Workflow,
+)
+from .schema import location, schema_issues
+from .yamlload import Fatal, LineMap, decode_source, load_yaml, pointer_join, pointer_tokens
+
+__all__ = ["MAX_ISSUES", "parse_workflow"]
+
+#: Reporting stops after this many issues (a final ``too_many_issues`` issue says so).
+MAX_ISSUES = 1000
+MAX_CYCLES = 100
+
+DEFAULT_APPROVERS = ("analyst",)
+REJECTING_NAMES = frozenset({"reject", "deny"})
+
+
+def parse_workflow(data: bytes | str, *, filename: str = "<input>", limits: Limits | None = None) -> Workflow:
+    """Parse and validate a workflow file.
+
+    ``data`` is the file's bytes (preferred: the digest is of exactly these) or text.
+    Raises :class:`SpecError` listing every issue found; hostile input is refused at the
+    first problem, before it can cost much time or memory.
+    """
+    limits = limits or Limits()
+    try:
+        raw, text = decode_source(data, limits)
+        loaded = load_yaml(text, limits)
+    except Fatal as exc:
+        raise SpecError([exc.issue], filename) from None
+    document, lines = loaded.data, loaded.lines
+
+    tasks = document.get("tasks")
+    if isinstance(tasks, list) and len(tasks) > limits.max_tasks:  # reached through an alias
+        issue = SpecIssue("too_many_tasks", f"the workflow has more than {limits.max_tasks} tasks", lines.line("/tasks"), None, "/tasks")
+        raise SpecError([issue], filename)
+
+    checker = _Checker(document, lines)
+    issues = [replace(issue, task_id=checker.task_of(issue.path)) for issue in loaded.issues]
+    issues += schema_issues(document, checker.issue)
+    issues += checker.check()
+    issues = _finalise(issues)
+    if issues:
+        raise SpecError(issues, filename)
+    return _build(document, lines, hashlib.sha256(raw).hexdigest())
+
+
+def _finalise(issues: list[SpecIssue]) -> list[SpecIssue]:
+    """Drop exact repeats (schema and semantic checks may agree), sort by line, cap."""
+    unique = list({(i.code, i.path, i.message): i for i in reversed(issues)}.values())[::-1]
+    unique.sort(key=lambda i: i.line or 0)
+    if len(unique) > MAX_ISSUES:
+        extra = len(unique) - MAX_ISSUES
+        unique = unique[:MAX_ISSUES] + [SpecIssue("too_many_issues", f"... and {extra} more issues not shown")]
+    return unique
+
+
+def _duration_problem(value: Any, *, positive: bool) -> str | None:
+    """None if ``value`` is a usable duration, else the message; non-scalar values are left
+    to the schema."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        return str(exc)
+    if positive and seconds <= 0:
+        return "must be greater than zero"
+    return None
+
+
+def _path_problem(path: Any) -> str | None:
+    """Why ``path`` cannot be a task-relative file path, or None."""
+    if not isinstance(path, str) or not path:
+        return None  # the schema reports it
+    if path.startswith("/"):
+        return f"path {path!r} must be relative to the task's working directory"
+    if ".." in path.split("/"):
+        return f"path {path!r} must not contain '..'"
+    if posixpath.normpath(path) in (".", "") or path.endswith("/"):
+        return f"path {path!r} must name a file"
+    return None
+
+
+def _option_name(option: Any) -> Any:
+    return option.get("name") if isinstance(option, dict) else option
+
+
+class _Checker:
+    """Semantic checks.  Every check tolerates values of the wrong type (the schema has
+    already reported those) so that one broken field does not hide other problems."""
+
+    def __init__(self, document: dict, lines: LineMap) -> None:
+        self.document = document
+        self.lines = lines
+        tasks = document.get("tasks")
+        self.tasks: list = tasks if isinstance(tasks, list) else []
+        self.issues: list[SpecIssue] = []
+        self.suggestions_left = 20
+
+    # -- reporting -----------------------------------------------------------------------
+    def task_of(self, pointer: str) -> str | None:
+        tokens = pointer_tokens(pointer)
+        if len(tokens) >= 2 and tokens[0] == "tasks" and tokens[1].isdigit():
+            index = int(tokens[1])
+            if index < len(self.tasks) and isinstance(self.tasks[index], dict):
+                task_id = self.tasks[index].get("id")
+                if isinstance(task_id, str):
+                    return task_id
+        return None
+
+    def issue(self, code: str, message: str, pointer: str) -> SpecIssue:
+        return SpecIssue(code, message, self.lines.line(pointer), self.task_of(pointer), pointer)
+
+    def _suggest(self, word: str, ids: dict[str, int]) -> str:
+        """A "did you mean" hint.  difflib is slow on thousands of ids, so only the first
+        few misspellings get one."""
+        if self.suggestions_left <= 0:
+            return ""
+        self.suggestions_left -= 1
+        close = difflib.get_close_matches(word, list(ids), n=1)
+        return f" (did you mean {close[0]!r}?)" if close else ""
+
+    def report(self, code: str, message: str, pointer: str) -> None:
+        where = location(pointer)
+        if where and code == "bad_duration":  # same wording as the schema's duration errors
+            message = f"{where}: {message}"
+        self.issues.append(self.issue(code, message, pointer))
+
+    # -- checks --------------------------------------------------------------------------
+    def check(self) -> list[SpecIssue]:
+        self._check_durations("/defaults", self.document.get("defaults"))
+        ids = self._check_ids()
+        deps = self._check_needs(ids)
+        for cycle in find_cycles(deps, MAX_CYCLES):
+            self._report_cycle(cycle, ids)
+        ancestry = Ancestry(deps)
+        for index, task in enumerate(self.tasks):
+            if not isinstance(task, dict):
+                continue
+            base = f"/tasks/{index}"
+            self._check_durations(base, task)
+            if task.get("type") == GATE:
+                self._check_gate(index, task, ids, ancestry)
+            else:
+                self._check_plain(index, task, ids, ancestry)
+        return self.issues
+
+    def _check_durations(self, base: str, holder: Any) -> None:
+        """timeout, retries.backoff.{initial,max} and resources.time of a task or of defaults."""
+        if not isinstance(holder, dict):
+            return
+        candidates = [("timeout", holder.get("timeout"), True)]
+        resources = holder.get("resources")
+        if isinstance(resources, dict):
+            candidates.append(("resources/time", resources.get("time"), True))
+        retries = holder.get("retries")
+        if isinstance(retries, dict) and isinstance(retries.get("backoff"), dict):
+            backoff = retries["backoff"]
+            candidates += [("retries/backoff/initial", backoff.get("initial"), False)]
+            candidates += [("retries/backoff/max", backoff.get("max"), False)]
+        for relative, value, positive in candidates:
+            if value is None:
+                continue
+            problem = _duration_problem(value, positive=positive)
+            if problem is not None:
+                self.report("bad_duration", problem, f"{base}/{relative}")
+
+    def _check_ids(self) -> dict[str, int]:
+        """Map each task id to the index of its first definition; report repeats."""
+        ids: dict[str, int] = {}
+        for index, task in enumerate(self.tasks):
+            task_id = task.get("id") if isinstance(task, dict) else None
+            if not isinstance(task_id, str):
+                continue
+            if task_id in ids:
+                first_line = self.lines.line(f"/tasks/{ids[task_id]}/id")
+                this_line = self.lines.line(f"/tasks/{index}/id")
+                self.report(
+                    "duplicate_task",
+                    f"duplicate task id {task_id!r}: defined on line {first_line} and again on line {this_line}",
+                    f"/tasks/{index}/id",
+                )
+            else:
+                ids[task_id] = index
+        return ids
+
+    def _check_needs(self, ids: dict[str, int]) -> list[list[int]]:
+        """Report unknown and self needs; return the dependency lists of the graph
+        (indices of first definitions; repeated definitions get no edges)."""
+        deps: list[list[int]] = [[] for _ in self.tasks]
+        for index, task in enumerate(self.tasks):
+            if not isinstance(task, dict) or not isinstance(task.get("needs"), list):
+                continue
+            task_id = task.get("id")
+            in_graph = isinstance(task_id, str) and ids.get(task_id) == index
+            for j, need in enumerate(task["needs"]):
+                if not isinstance(need, str):
+                    continue
+                pointer = f"/tasks/{index}/needs/{j}"
+                if need == task_id:
+                    self.report("self_need", f"task {need!r} needs itself", pointer)
+                elif need not in ids:
+                    self.report("unknown_need", f"needs unknown task {need!r}{self._suggest(need, ids)}", pointer)
+                elif in_graph and ids[need] not in deps[index]:
+                    deps[index].append(ids[need])
+        return deps
+
+    def _report_cycle(self, cycle: tuple[int, ...], ids: dict[str, int]) -> None:
+        names = [self.tasks[i]["id"] for i in cycle]
+        first, second = cycle[0], names[1]
+        needs = self.tasks[first].get("needs", [])
+        j = needs.index(second) if second in needs else 0
+        self.report("cycle", "cycle: " + " -> ".join(names), f"/tasks/{first}/needs/{j}")
+
+    def _outputs_of(self, index: int) -> list[str]:
+        task = self.tasks[index]
+        if task.get("type") == GATE:
+            return [GATE_OUTPUT]
+        outputs = task.get("outputs")
+        if not isinstance(outputs, list):
+            return []
+        names = (o["name"] for o in outputs if isinstance(o, dict) and isinstance(o.get("name"), str))
+        return list(dict.fromkeys(names))
+
+    def _check_ref(self, index: int, ref: Any, pointer: str, ids: dict[str, int], ancestry: Ancestry) -> None:
+        """An input ``from`` or a gate ``shows`` entry: ``task/name`` of an ancestor's output."""
+        if not isinstance(ref, str) or "/" not in ref:
+            return  # the schema reports it
+        source, _, name = ref.partition("/")
+        own_id = self.tasks[index].get("id")
+        if source not in ids:
+            hint = self._suggest(source, ids)
+            self.report("unknown_artefact", f"{ref!r} refers to unknown task {source!r}{hint}", pointer)
+            return
+        if source == own_id:
+            self.report("not_ancestor", f"{ref!r}: a task cannot use its own artefacts", pointer)
+            return
+        declared = self._outputs_of(ids[source])
+        if name not in declared:
+            if self.tasks[ids[source]].get("type") == GATE:
+                detail = f"a gate's only artefact is {GATE_OUTPUT!r}"
+            elif declared:
+                detail = "it declares " + ", ".join(map(repr, declared))
+            else:
+                detail = "it declares no outputs"
+            self.report("unknown_artefact", f"{ref!r}: task {source!r} has no output {name!r} ({detail})", pointer)
+        in_graph = isinstance(own_id, str) and ids.get(own_id) == index
+        if in_graph and not ancestry.is_ancestor(index, ids[source]):
+            self.report(
+                "not_ancestor",
+                f"{ref!r}: task {source!r} is not an ancestor of this task (add it to needs, directly or indirectly)",
+                pointer,
+            )
+
+    def _check_plain(self, index: int, task: dict, ids: dict[str, int], ancestry: Ancestry) -> None:
+        base = f"/tasks/{index}"
+        outputs = task.get("outputs")
+        if isinstance(outputs, list):
+            names: dict[str, int] = {}
+            paths: dict[str, int] = {}
+            for j, output in enumerate(outputs):
+                if not isinstance(output, dict):
+                    continue
+                name, path = output.get("name"), output.get("path")
+                if isinstance(name, str):
+                    if name in names:
+                        self.report("duplicate_output", f"output name {name!r} is used twice", f"{base}/outputs/{j}/name")
+                    names.setdefault(name, j)
+                problem = _path_problem(path)
+                if problem:
+                    self.report("bad_path", problem, f"{base}/outputs/{j}/path")
+                elif isinstance(path, str) and path:
+                    normal = posixpath.normpath(path)
+                    if normal in paths:
+                        self.report(
+                            "duplicate_output",
+                            f"output path {path!r} is also the path of output {paths[normal]}",
+                            f"{base}/outputs/{j}/path",
+                        )
+                    paths.setdefault(normal, j)
+        inputs = task.get("inputs")
+        if isinstance(inputs, list):
+            seen: dict[str, int] = {}
+            for j, item in enumerate(inputs):
+                if not isinstance(item, dict):
+                    continue
+                self._check_ref(index, item.get("from"), f"{base}/inputs/{j}/from", ids, ancestry)
+                path = item.get("path")
+                problem = _path_problem(path)
+                if problem:
+                    self.report("bad_path", problem, f"{base}/inputs/{j}/path")
+                elif isinstance(path, str) and path:
+                    normal = posixpath.normpath(path)
+                    if normal in seen:
+                        self.report(
+                            "duplicate_input_path",
+                            f"two inputs are staged at {path!r} (inputs {seen[normal]} and {j})",
+                            f"{base}/inputs/{j}/path",
+                        )
+                    seen.setdefault(normal, j)
+
+    def _check_gate(self, index: int, task: dict, ids: dict[str, int], ancestry: Ancestry) -> None:
+        base = f"/tasks/{index}"
+        shows = task.get("shows")
+        if isinstance(shows, list):
+            for j, ref in enumerate(shows):
+                self._check_ref(index, ref, f"{base}/shows/{j}", ids, ancestry)
+        options = task.get("options")
+        if isinstance(options, list):
+            seen: set[str] = set()
+            for j, option in enumerate(options):
+                name = _option_name(option)
+                if not isinstance(name, str):
+                    continue
+                if name in seen:
+                    self.report("duplicate_option", f"option {name!r} is listed twice", f"{base}/options/{j}")
+                seen.add(name)
+        form = task.get("form")
+        if isinstance(form, dict):
+            try:
+                Draft202012Validator.check_schema(form)
+            except SchemaError as exc:
+                pointer = f"{base}/form"
+                for token in exc.absolute_path:
+                    pointer = pointer_join(pointer, token)
+                text = exc.message if len(exc.message) <= 300 else exc.message[:297] + "..."
+                where = location(pointer)
+                self.report("invalid_form_schema", f"{where} is not a valid JSON Schema: {text}", pointer)
+
+
+# -- building the dataclasses (input already validated) ---------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _mime_types() -> mimetypes.MimeTypes:
+    # Python's built-in table only, so guesses do not depend on the host's /etc/mime.types.
+    return mimetypes.MimeTypes()
+
+
+# Common data formats missing from Python's built-in table.
+_EXTRA_MEDIA_TYPES = {
+    ".md": "text/markdown",
+    ".markdown": "text/markdown",
+    ".yaml": "application/yaml",
+    ".yml": "application/yaml",
+    ".jsonl": "application/jsonl",
+    ".ndjson": "application/x-ndjson",
+    ".geojson": "application/geo+json",
+    ".parquet": "application/vnd.apache.parquet",
+}
+
+
+def guess_media_type(path: str) -> str:
+    """The media type for an output without one: from the file extension, else octet-stream."""
+    extra = _EXTRA_MEDIA_TYPES.get(posixpath.splitext(path)[1].lower())
+    if extra:
+        return extra
+    guessed, _ = _mime_types().guess_type(path, strict=False)
+    return guessed or "application/octet-stream"
+
+
+def _retries(value: Any) -> RetrySpec:
+    if isinstance(value, dict):
+        backoff = value.get("backoff") or {}
+        defaults = RetrySpec()
+        return RetrySpec(
+            count=int(value.get("count", 0)),
+            initial=parse_duration(backoff["initial"]) if "initial" in backoff else defaults.initial,
+            factor=float(backoff.get("factor", defaults.factor)),
+            max=parse_duration(backoff["max"]) if "max" in backoff else defaults.max,
+        )
+    return RetrySpec(count=int(value))
+
+
+def _run(value: Any) -> RunSpec:
+    if isinstance(value, str):
+        return RunSpec(shell=value)
+    if "command" in value:
+        return RunSpec(command=tuple(value["command"]))
+    return RunSpec(script=value["script"], interpreter=value.get("interpreter", "/bin/sh"))
+
+
+def _principals(value: Any, default: tuple[str, ...]) -> tuple[str, ...]:
+    if value is None:
+        return default
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _default_label(name: str) -> str:
+    text = name.replace("_", " ").replace("-", " ")
+    return text[:1].upper() + text[1:]
+
+
+def _option(value: Any) -> GateOption:
+    if isinstance(value, str):
+        value = {"name": value}
+    name = value["name"]
+    outcome = value.get("outcome") or (REJECT if name.lower() in REJECTING_NAMES else APPROVE)
+    return GateOption(name=name, label=value.get("label") or _default_label(name), outcome=outcome)
+
+
+def _timeout(value: Any) -> float | None:
+    return None if value is None else parse_duration(value)
+
+
+def _build(document: dict, lines: LineMap, digest: str) -> Workflow:
+    defaults = document.get("defaults") or {}
+    classification = document.get("classification") or "UNCLASSIFIED"
+    task_classification = defaults.get("classification") or classification
+    tasks = []
+    for index, raw in enumerate(document["tasks"]):
+        common = dict(
+            id=raw["id"],
+            needs=tuple(raw.get("needs", ())),
+            classification=raw.get("classification", task_classification),
+            line=lines.line(f"/tasks/{index}"),
+        )
+        if raw.get("type") == GATE:
+            gate = GateSpec(
+                title=raw["title"],
+                instructions=raw.get("instructions", ""),
+                shows=tuple(ArtefactRef.parse(ref) for ref in raw.get("shows", ())),
+                options=tuple(_option(option) for option in raw["options"]),
+                form=copy.deepcopy(raw.get("form")),
+                approvers=_principals(raw.get("approvers"), DEFAULT_APPROVERS),
+                required_approvals=int(raw.get("required_approvals", 1)),
+                timeout=_timeout(raw.get("timeout")),
+                on_timeout=raw.get("on_timeout", REJECT),
+                escalate_to=_principals(raw.get("escalate_to"), ()),
+            )
+            tasks.append(TaskSpec(kind=GATE, run=None, backend="", gate=gate, **common))
+            continue
+        container = raw.get("container", defaults.get("container"))
+        tasks.append(
+            TaskSpec(
+                kind=TASK,
+                run=_run(raw["run"]),
+                backend=raw.get("backend", defaults.get("backend", "local")),
+                resources=copy.deepcopy({**defaults.get("resources", {}), **raw.get("resources", {})}),
+                env={**defaults.get("env", {}), **raw.get("env", {})},
+                inputs=tuple(InputSpec(ArtefactRef.parse(i["from"]), i["path"]) for i in raw.get("inputs", ())),
+                outputs=tuple(
+                    OutputSpec(o["name"], o["path"], o.get("media_type") or guess_media_type(o["path"]))
+                    for o in raw.get("outputs", ())
+                ),
+                retries=_retries(raw.get("retries", defaults.get("retries", 0))),
+                timeout=_timeout(raw.get("timeout", defaults.get("timeout"))),
+                container=copy.deepcopy(container),
+                gate=None,
+                **common,
+            )
+        )
+    return Workflow(
+        api_version=document["apiVersion"],
+        name=document["name"],
+        description=document.get("description", ""),
+        classification=classification,
+        tasks=tuple(tasks),
+        digest=digest,
+    )

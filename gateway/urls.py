@@ -1,0 +1,33 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView
+
+from approvals.api import views as gate_views
+from gateway import portal
+from gateway.api import views as api
+
+api_v1 = [
+    path("workflows/validate", api.WorkflowValidateApi.as_view(), name="workflow-validate"),
+    path("workflows/schema", api.WorkflowSchemaApi.as_view(), name="workflow-schema"),
+    path("runs", api.RunListCreateApi.as_view(), name="run-list"),
+    path("runs/<uuid:run_id>", api.RunDetailApi.as_view(), name="run-detail"),
+    path("runs/<uuid:run_id>/cancel", api.RunCancelApi.as_view(), name="run-cancel"),
+    path("runs/<uuid:run_id>/artefacts", api.RunArtefactListApi.as_view(), name="run-artefacts"),
+    path("artefacts/<uuid:artefact_id>", api.ArtefactDetailApi.as_view(), name="artefact-detail"),
+    path("artefacts/<uuid:artefact_id>/content", api.ArtefactContentApi.as_view(), name="artefact-content"),
+    path("gates", gate_views.GateListApi.as_view(), name="gate-list"),
+    path("gates/<uuid:gate_id>", gate_views.GateDetailApi.as_view(), name="gate-detail"),
+    path("gates/<uuid:gate_id>/decide", gate_views.GateDecideApi.as_view(), name="gate-decide"),
+]
+
+urlpatterns = [
+    path("api/v1/", include(api_v1)),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("login/", auth_views.LoginView.as_view(template_name="login.html"), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("admin/", admin.site.urls),
+    path("", portal.home, name="home"),
+    path("runs/<uuid:run_id>/", portal.run_page, name="run-page"),
+    path("gates/<uuid:gate_id>/", portal.gate_page, name="gate-page"),
+]

@@ -1,0 +1,252 @@
+"""What a worker does with one dispatch message: claim the attempt, run it, record the end.
+
+Exactly once per attempt: the claim moves QUEUED -> RUNNING only if the row still holds the
+attempt named in the message, under the row lock, so a redelivered or duplicated message
+finds the task already RUNNING (or at a later attempt) and does nothing.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from executors.base import (
+    Collected,
+    ExecutorError,
+    JobHandle,
+    JobRequest,
+    JobState,
+    JobStatus,
+    OutputRequest,
+    StagedInput,
+)
+from executors.registry import get_executor
+
+from .artefacts import ArtefactError
+from .choices import TaskState
+from .dispatch import dispatch_on_commit, retry_on_commit
+from .engine import after_terminal, task_transition
+from .models import Artefact, TaskInstance
+from .spec import TaskSpec
+from .storage import get_store, tenant_key
+
+log = logging.getLogger(__name__)
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _engine(name: str):
+    return settings.GATEHOUSE_ENGINE[name]
+
+
+def task_claim(task_id: int, attempt: int) -> TaskInstance | None:
+    with transaction.atomic():
+        task = TaskInstance.objects.select_for_update().filter(id=task_id).first()
+        if task is None or task.state != TaskState.QUEUED or task.attempt != attempt:
+            return None
+        now = timezone.now()
+        moved = task_transition(
+            task,
+            TaskState.RUNNING,
+            transition_id=f"claim:{task.id}:{attempt}",
+            worker=f"{socket.gethostname()}:{os.getpid()}",
+            lease_expires_at=now + timedelta(seconds=_engine("LEASE_SECONDS")),
+            started_at=now,
+        )
+        return task if moved else None
+
+
+@dataclass
+class Outcome:
+    status: JobStatus
+    outputs: list[tuple[str, str, int, str]] = field(default_factory=list)  # name, digest, size, media type
+
+
+class _Heartbeat:
+    """Renews the lease while the task runs; notices a cancellation (the row left RUNNING)."""
+
+    def __init__(self, task: TaskInstance, attempt: int):
+        self.task_id, self.attempt = task.id, attempt
+        self.handle: JobHandle | None = None
+        self.stop = False
+        self._recorded = False
+
+    def beat(self) -> None:
+        fields = {"lease_expires_at": timezone.now() + timedelta(seconds=_engine("LEASE_SECONDS"))}
+        if self.handle is not None and not self._recorded:
+            fields["external"] = {"backend": self.handle.backend, "external_id": self.handle.external_id, "data": dict(self.handle.data)}
+        updated = TaskInstance.objects.filter(
+            id=self.task_id, state=TaskState.RUNNING, attempt=self.attempt
+        ).update(**fields)
+        self._recorded = self._recorded or "external" in fields
+        if not updated:
+            self.stop = True
+
+    def should_cancel(self) -> bool:
+        return self.stop
+
+
+def _stage_inputs(task: TaskInstance, spec: TaskSpec, staging: Path) -> list[StagedInput]:
+    """Fetch each declared input from the store (digest checked) into a staging directory."""
+    staged = []
+    store = get_store()
+    for index, item in enumerate(spec.inputs):
+        artefact = (
+            Artefact.objects.filter(run_id=task.run_id, task__key=item.ref.task, name=item.ref.name)
+            .order_by("-attempt")
+            .first()
+        )
+        if artefact is None:
+            raise ExecutorError("input_missing", f"input {item.ref} was not produced")
+        target = staging / f"{index}"
+        store.copy_to(tenant_key(task.tenant_id), artefact.digest, target)
+        staged.append(StagedInput(path=item.path, source=str(target)))
+    return staged
+
+
+def _store_outputs(task: TaskInstance, collected: Collected, *, declared: bool) -> list[tuple[str, str, int, str]]:
+    store = get_store()
+    tenant = tenant_key(task.tenant_id)
+    results = []
+    for name, path, media_type in [
+        ("stdout", collected.stdout_path, "text/plain"),
+        ("stderr", collected.stderr_path, "text/plain"),
+    ] + ([(o.name, o.path, o.media_type) for o in collected.outputs] if declared else []):
+        if path and os.path.exists(path):
+            blob = store.put_file(tenant, path)
+            results.append((name, blob.digest, blob.size, media_type))
+    return results
+
+
+def task_run(task: TaskInstance, attempt: int) -> Outcome:
+    """Run a claimed attempt on its backend and keep what it produced."""
+    spec = TaskSpec.from_dict(task.spec)
+    workdir = Path(_engine("WORKDIR_ROOT")) / str(task.run_id) / f"{task.key}.{attempt}"
+    staging = workdir.parent / f".{task.key}.{attempt}.inputs"
+    heartbeat = _Heartbeat(task, attempt)
+    try:
+        executor = get_executor(task.backend)
+        staging.mkdir(parents=True, exist_ok=True)
+        inputs = _stage_inputs(task, spec, staging)
+        script = spec.run.script if spec.run else None
+        request = JobRequest(
+            job_key=f"{task.run_id}/{task.key}/{attempt}",
+            argv=tuple(spec.run.argv("{script}")),
+            env=dict(spec.env),
+            workdir=str(workdir),
+            timeout=spec.timeout,
+            inputs=tuple(inputs),
+            outputs=tuple(OutputRequest(name=o.name, path=o.path, media_type=o.media_type) for o in spec.outputs),
+            script=script,
+            resources=dict(spec.resources),
+            container=spec.container,
+            labels={"run_id": str(task.run_id), "task_id": task.key, "attempt": str(attempt)},
+        )
+        handle = executor.submit(request)
+        heartbeat.handle = handle
+        status = executor.wait(
+            handle,
+            timeout=spec.timeout,
+            should_cancel=heartbeat.should_cancel,
+            heartbeat=heartbeat.beat,
+            interval=_engine("HEARTBEAT_SECONDS"),
+        )
+        collected = executor.collect(handle, request)
+        ok = status.state == JobState.SUCCEEDED
+        if ok and collected.missing:
+            status = JobStatus(JobState.FAILED, status.exit_code, "missing outputs: " + ", ".join(collected.missing))
+            ok = False
+        return Outcome(status, _store_outputs(task, collected, declared=ok))
+    except (ExecutorError, ArtefactError) as exc:
+        return Outcome(JobStatus(JobState.FAILED, None, f"{exc.code}: {exc}"))
+    finally:
+        if not _engine("KEEP_WORKDIRS"):
+            shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def task_finish(task_id: int, attempt: int, outcome: Outcome) -> str:
+    """Record the end of an attempt: artefacts, the new state, and what follows from it."""
+    with transaction.atomic():
+        task = TaskInstance.objects.select_for_update().filter(id=task_id).first()
+        if task is None or task.state != TaskState.RUNNING or task.attempt != attempt:
+            return "superseded"  # cancelled or recovered meanwhile: this attempt's result is dropped
+        Artefact.objects.bulk_create(
+            [
+                Artefact(
+                    tenant_id=task.tenant_id,
+                    run_id=task.run_id,
+                    task=task,
+                    attempt=attempt,
+                    name=name,
+                    digest=digest,
+                    size=size,
+                    media_type=media_type,
+                    classification=task.classification,
+                )
+                for name, digest, size, media_type in outcome.outputs
+            ]
+        )
+        status = outcome.status
+        if status.state == JobState.SUCCEEDED:
+            task_transition(
+                task, TaskState.SUCCEEDED, transition_id=f"finish:{task.id}:{attempt}", exit_code=status.exit_code
+            )
+            after_terminal(task)
+            return "succeeded"
+        spec = TaskSpec.from_dict(task.spec)
+        failures = task.failures + 1
+        if failures <= spec.retries.count:
+            delay = spec.retries.delay(failures)
+            task_transition(
+                task,
+                TaskState.RETRY_WAIT,
+                transition_id=f"finish:{task.id}:{attempt}",
+                reason=status.reason,
+                failures=failures,
+                exit_code=status.exit_code,
+                not_before=timezone.now() + timedelta(seconds=delay),
+            )
+            retry_on_commit(task.id, attempt, delay)
+            return "retry"
+        task_transition(
+            task,
+            TaskState.FAILED,
+            transition_id=f"finish:{task.id}:{attempt}",
+            reason=status.reason,
+            failures=failures,
+            exit_code=status.exit_code,
+        )
+        after_terminal(task)
+        return "failed"
+
+
+def task_requeue(task_id: int, attempt: int) -> bool:
+    """Start the next attempt of a task waiting for its retry (from the countdown message or
+    the reconciler; whichever comes second finds the move already made)."""
+    with transaction.atomic():
+        task = TaskInstance.objects.select_for_update().filter(id=task_id).first()
+        if task is None or task.state != TaskState.RETRY_WAIT or task.attempt != attempt:
+            return False
+        if task_transition(
+            task, TaskState.QUEUED, transition_id=f"requeue:{task.id}:{attempt}", attempt=attempt + 1, not_before=None
+        ):
+            dispatch_on_commit([(task.id, task.attempt)])
+            return True
+    return False
+
+
+def task_execute(task_id: int, attempt: int) -> str:
+    """The whole life of one dispatch message."""
+    task = task_claim(task_id, attempt)
+    if task is None:
+        return "stale"
+    outcome = task_run(task, attempt)
+    return task_finish(task_id, attempt, outcome)
