@@ -109,6 +109,8 @@ def _refuse(gate: Gate, actor, code: str, message: str, exc_class=GatehouseError
 def gate_decide(*, gate: Gate, actor, option: str, input_value=None, comment: str = "") -> Decision:
     """One analyst's decision. The first conclusive outcome wins: `required_approvals` distinct
     approvals release the dependants at once; one rejection skips them."""
+    if gate.state != GateState.OPEN:  # checked again under the lock below
+        raise Conflict(ErrorCode.GATE_ALREADY_DECIDED, f"The gate is already {gate.state.lower()}.")
     membership = Membership.objects.filter(user=actor, tenant_id=gate.tenant_id).first()
     if membership is None or not (membership.principals() & set(gate.approvers)):
         _refuse(gate, actor, ErrorCode.GATE_NOT_APPROVER, "You are not an approver of this gate.", Forbidden)

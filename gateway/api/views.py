@@ -29,8 +29,11 @@ from .serializers import (
 
 def _submitted_source(request) -> tuple[bytes | str, str]:
     """A workflow arrives as a raw YAML body, a JSON {"source": ...}, or a multipart file."""
+    filename = request.query_params.get("filename", "<submitted>")
     if isinstance(request.data, (bytes, str)):
-        return request.data, request.query_params.get("filename", "<submitted>")
+        return request.data, filename
+    if request.content_type.split(";")[0].strip() in {p.media_type for p in YAML_PARSERS}:
+        return b"", filename  # an empty YAML body: the spec loader says what is wrong with it
     upload = request.FILES.get("file") if hasattr(request, "FILES") else None
     if upload is not None:
         return upload.read(), upload.name

@@ -77,8 +77,8 @@ def parse_workflow(data: bytes | str, *, filename: str = "<input>", limits: Limi
 
     tasks = document.get("tasks")
     if isinstance(tasks, list) and len(tasks) > limits.max_tasks:  # reached through an alias
-        issue = SpecIssue("too_many_tasks", f"the workflow has more than {limits.max_tasks} tasks", lines.line("/tasks"), None, "/tasks")
-        raise SpecError([issue], filename)
+        message = f"the workflow has more than {limits.max_tasks} tasks"
+        raise SpecError([SpecIssue("too_many_tasks", message, lines.line("/tasks"), None, "/tasks")], filename)
 
     checker = _Checker(document, lines)
     issues = [replace(issue, task_id=checker.task_of(issue.path)) for issue in loaded.issues]
@@ -92,8 +92,14 @@ def parse_workflow(data: bytes | str, *, filename: str = "<input>", limits: Limi
 
 def _finalise(issues: list[SpecIssue]) -> list[SpecIssue]:
     """Drop exact repeats (schema and semantic checks may agree), sort by line, cap."""
-    unique = list({(i.code, i.path, i.message): i for i in reversed(issues)}.values())[::-1]
-    unique.sort(key=lambda i: i.line or 0)
+    seen: set[tuple[str, str, str]] = set()
+    unique: list[SpecIssue] = []
+    for issue in issues:
+        key = (issue.code, issue.path, issue.message)
+        if key not in seen:
+            seen.add(key)
+            unique.append(issue)
+    unique.sort(key=lambda i: i.line or 0)  # stable: same-line issues keep their order
     if len(unique) > MAX_ISSUES:
         extra = len(unique) - MAX_ISSUES
         unique = unique[:MAX_ISSUES] + [SpecIssue("too_many_issues", f"... and {extra} more issues not shown")]
@@ -310,7 +316,8 @@ class _Checker:
                 name, path = output.get("name"), output.get("path")
                 if isinstance(name, str):
                     if name in names:
-                        self.report("duplicate_output", f"output name {name!r} is used twice", f"{base}/outputs/{j}/name")
+                        message = f"output name {name!r} is used twice"
+                        self.report("duplicate_output", message, f"{base}/outputs/{j}/name")
                     names.setdefault(name, j)
                 problem = _path_problem(path)
                 if problem:

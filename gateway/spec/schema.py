@@ -35,7 +35,10 @@ SCHEMA_ID = "https://gatehouse.dev/schemas/workflow-v1.json"
 
 # Keys that belong to one kind of task only, for clearer messages than "unexpected key".
 GATE_ONLY_KEYS = frozenset(
-    {"title", "instructions", "shows", "options", "form", "approvers", "required_approvals", "on_timeout", "escalate_to"}
+    {
+        "title", "instructions", "shows", "options", "form", "approvers", "required_approvals", "on_timeout",
+        "escalate_to",
+    }
 )
 PLAIN_ONLY_KEYS = frozenset({"run", "backend", "resources", "env", "inputs", "outputs", "retries", "container"})
 
@@ -171,7 +174,9 @@ def _message(error: ValidationError) -> str:
     if v == "minItems":
         return "must not be empty" if error.validator_value == 1 else f"needs at least {error.validator_value} items"
     if v == "minLength":
-        return "must not be empty" if error.validator_value == 1 else f"must be at least {error.validator_value} characters"
+        if error.validator_value == 1:
+            return "must not be empty"
+        return f"must be at least {error.validator_value} characters"
     if v == "maxLength":
         return f"must be at most {error.validator_value} characters"
     if v == "minimum":

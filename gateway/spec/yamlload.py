@@ -58,6 +58,14 @@ _FLOAT = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
 _INF = re.compile(r"[-+]?\.(?:inf|Inf|INF)")
 _NAN = re.compile(r"\.(?:nan|NaN|NAN)")
 
+# Explicit core tags allowed on scalars, with the check the resolved value must pass.
+_EXPLICIT = {
+    _TAG + "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    _TAG + "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    _TAG + "bool": lambda v: isinstance(v, bool),
+    _TAG + "null": lambda v: v is None,
+}
+
 
 class Fatal(Exception):
     """Loading cannot continue; carries the one issue that stopped it."""
@@ -185,8 +193,7 @@ class _Frame:
     """An open mapping or sequence while its events are being read."""
 
     __slots__ = (
-        "value", "pointer", "anchor", "line", "size", "is_map", "key", "key_line", "has_key", "key_is_merge", "seen",
-        "merges",
+        "value", "pointer", "anchor", "line", "size", "is_map", "key", "has_key", "key_is_merge", "seen", "merges",
     )
 
     def __init__(self, value: dict | list, pointer: str, anchor: str | None, line: int) -> None:
@@ -197,7 +204,6 @@ class _Frame:
         self.size = 1  # nodes in this subtree, aliases expanded, itself included
         self.is_map = isinstance(value, dict)
         self.key: str = ""
-        self.key_line = 0
         self.has_key = False  # a key was read and its value is awaited
         self.key_is_merge = False  # the pending key is a "<<" merge key
         self.seen: dict[str, int] = {}  # key -> line of first occurrence
@@ -254,18 +260,12 @@ class _Builder:
     def _scalar_value(self, event: ScalarEvent, line: int) -> Any:
         tag, text = event.tag, event.value
         if tag is None:
-            value = _resolve_plain(text) if event.implicit[0] else text
+            value = _resolve_plain(text) if event.implicit[0] else text  # quoted: always a string
         elif tag == "!" or tag == _TAG + "str":
             value = text
-        elif tag in (_TAG + "int", _TAG + "float", _TAG + "bool", _TAG + "null"):
+        elif tag in _EXPLICIT:
             value = _resolve_plain(text)
-            wanted = {
-                "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-                "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-                "bool": lambda v: isinstance(v, bool),
-                "null": lambda v: v is None,
-            }[tag[len(_TAG):]]
-            if not wanted(value):
+            if not _EXPLICIT[tag](value):
                 raise _fatal("yaml_syntax", f"{text!r} is not a valid !!{tag[len(_TAG):]}", line)
             if tag == _TAG + "float":
                 value = float(value)
@@ -281,7 +281,7 @@ class _Builder:
         return self._child_pointer(self.stack[-1] if self.stack else None)
 
     def _set_key(self, parent: _Frame, key: str, line: int, plain: bool) -> None:
-        parent.key, parent.key_line, parent.has_key = key, line, True
+        parent.key, parent.has_key = key, True
         parent.key_is_merge = key == "<<" and plain
         pointer = pointer_join(parent.pointer, key)
         first = parent.seen.get(key)
@@ -412,7 +412,9 @@ class _Builder:
         finally:
             loader.dispose()
         if not self.has_root or self.root is None:
-            raise _fatal("not_mapping", "the file is empty: a workflow is a mapping with apiVersion, kind, name and tasks", 1)
+            raise _fatal(
+                "not_mapping", "the file is empty: a workflow is a mapping with apiVersion, kind, name and tasks", 1
+            )
         if not isinstance(self.root, dict):
             raise _fatal(
                 "not_mapping",

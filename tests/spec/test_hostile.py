@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from gateway.spec import Limits, SpecError, parse_workflow
+from gateway.spec import Limits, parse_workflow
 from gateway.spec.parser import MAX_ISSUES
 
 from .helpers import HEADER, issues, parse

@@ -1,0 +1,140 @@
+"""fanout: a 2,000-task fan-out/fan-in through the engine against the same no-op tasks sent straight
+to Celery, interleaved in one run, reported as a ratio."""
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import yaml
+
+from .common import Figure, median, wait_for
+
+NAME = "fanout"
+TITLE = "2,000-task fan-out/fan-in: engine vs plain Celery"
+TARGET_RATIO = 1.5
+HOW = (
+    "Engine: a workflow `root` (`true`) → N tasks (`true`, each needing root) → `join` (`true`, needing all N), "
+    "submitted with `gateway.services.run_submit`; the time runs from just before `run_submit` until the Run row "
+    "is seen in a terminal state (polled every 20 ms). Raw Celery: the same N no-op tasks sent straight to the same "
+    "broker with one producer (as `gateway.dispatch.CeleryDispatcher` does); each runs the identical command "
+    "(`/bin/sh -c true`) through the same `executors.local.LocalExecutor` (submit, wait, collect in a temporary "
+    "work directory, then removed) and increments a Redis counter, without the engine's database bookkeeping "
+    "(claim, transitions, artefacts, dependants, run close); the time runs from just before the first message is "
+    "sent until the counter reaches N (polled every 20 ms). Both use the same worker setup: ONE Celery worker "
+    "process, prefork pool, concurrency 2, prefetch multiplier 4, acks late, on this machine with PostgreSQL and "
+    "Redis. Rounds are interleaved (engine, raw, engine, raw, …) after an unmeasured warm-up of each; the figures "
+    "are the median of the rounds, the ratio is engine median / raw median, throughput is tasks per second at the "
+    "median. Every measured engine run is checked afterwards: SUCCEEDED with N+2 tasks, all SUCCEEDED."
+)
+
+
+def workflow(n: int, name: str = "bench-fanout") -> str:
+    fan = [f"t{i}" for i in range(n)]
+    tasks = [{"id": "root", "run": "true"}]
+    tasks += [{"id": key, "needs": ["root"], "run": "true"} for key in fan]
+    tasks.append({"id": "join", "needs": fan, "run": "true"})
+    return yaml.safe_dump({"apiVersion": "gatehouse/v1", "kind": "Workflow", "name": name, "tasks": tasks},
+                          sort_keys=False, width=1 << 30)
+
+
+def _raw_command(source: str) -> tuple[list[str], str | None]:
+    """The argv and script the engine gives the executor for a fan-out task (gateway.worker.task_run)."""
+    from gateway.services import workflow_parse
+
+    spec = workflow_parse(source).task("t0")
+    return list(spec.run.argv("{script}")), spec.run.script
+
+
+def _engine_round(ctx, source: str, expected: int, timeout: float) -> tuple[float, object]:
+    from gateway.models import Run
+    from gateway.services import run_submit
+
+    start = time.perf_counter()
+    run = run_submit(tenant=ctx.tenant, actor=ctx.author, source=source)
+    wait_for(lambda: Run.objects.filter(id=run.id).exclude(state="RUNNING").exists(),
+             timeout=timeout, interval=0.02, what=f"the {expected}-task engine run to finish")
+    return time.perf_counter() - start, run
+
+
+def _raw_round(ctx, n: int, argv: list[str], script: str | None, timeout: float) -> float:
+    import redis
+    from django.conf import settings
+
+    from bench.celery_tasks import raw_local_task
+
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    key = f"bench:raw:{uuid.uuid4().hex}"
+    work_root = str(Path(settings.GATEHOUSE_ENGINE["WORKDIR_ROOT"]) / "raw")
+    interval = settings.GATEHOUSE_ENGINE["HEARTBEAT_SECONDS"]
+    app = raw_local_task.app
+    start = time.perf_counter()
+    with app.producer_or_acquire() as producer:
+        for i in range(n):
+            raw_local_task.apply_async((key, f"raw/t{i}/1", argv, script, work_root, interval), producer=producer)
+    wait_for(lambda: int(client.get(key) or 0) >= n, timeout=timeout, interval=0.02,
+             what=f"{n} raw Celery tasks to finish")
+    elapsed = time.perf_counter() - start
+    failed = int(client.get(key + ":failed") or 0)
+    if failed:
+        raise RuntimeError(f"{failed} raw tasks did not succeed")
+    return elapsed
+
+
+def _verify(run, expected: int) -> None:
+    from gateway.models import Run, TaskInstance, TaskTransition
+
+    run = Run.objects.get(id=run.id)
+    tasks = TaskInstance.objects.filter(run_id=run.id)
+    total, succeeded = tasks.count(), tasks.filter(state="SUCCEEDED").count()
+    claims = TaskTransition.objects.filter(task__run_id=run.id, to_state="RUNNING").count()
+    if run.state != "SUCCEEDED" or total != expected or succeeded != expected or claims != expected:
+        raise RuntimeError(
+            f"engine run {run.id}: {run.state} ({run.reason}), {total} tasks, {succeeded} SUCCEEDED, "
+            f"{claims} claims; expected SUCCEEDED with {expected} tasks each claimed once"
+        )
+
+
+def run(ctx, *, tasks: int = 2000, rounds: int = 2, timeout: float = 240.0, **_) -> list[Figure]:
+    if rounds < 2:
+        raise ValueError("--rounds must be at least 2 (interleaved engine/raw rounds)")
+    source = workflow(tasks)
+    expected = tasks + 2
+    argv, script = _raw_command(source)
+    ctx.start_worker("fanout", concurrency=2)
+
+    ctx.say("warm-up (not measured)")
+    _engine_round(ctx, workflow(20, "bench-fanout-warmup"), 22, timeout)
+    _raw_round(ctx, 20, argv, script, timeout)
+
+    engine_times, raw_times = [], []
+    for i in range(rounds):
+        elapsed, run = _engine_round(ctx, source, expected, timeout)
+        _verify(run, expected)
+        engine_times.append(elapsed)
+        ctx.say(f"round {i + 1}: engine {elapsed:.2f} s ({expected / elapsed:.0f} tasks/s)")
+        elapsed = _raw_round(ctx, tasks, argv, script, timeout)
+        raw_times.append(elapsed)
+        ctx.say(f"round {i + 1}: raw Celery {elapsed:.2f} s ({tasks / elapsed:.0f} tasks/s)")
+
+    engine, raw = median(engine_times), median(raw_times)
+    ratio = engine / raw
+    figures = [
+        Figure("tasks per engine run (root + fan-out + join)", expected, "tasks"),
+        Figure("raw Celery tasks per round", tasks, "tasks"),
+        Figure("rounds of each (interleaved)", rounds, "rounds"),
+        Figure("worker concurrency (one worker process)", 2, "pool processes"),
+    ]
+    figures += [Figure(f"engine run, round {i + 1}", round(t, 3), "s") for i, t in enumerate(engine_times)]
+    figures += [Figure(f"raw Celery, round {i + 1}", round(t, 3), "s") for i, t in enumerate(raw_times)]
+    figures += [
+        Figure("engine run, median", round(engine, 3), "s"),
+        Figure("raw Celery, median", round(raw, 3), "s"),
+        Figure("engine / raw Celery (ratio of medians)", round(ratio, 2), "×", f"≤ {TARGET_RATIO}×"),
+        Figure("engine throughput", round(expected / engine, 1), "tasks/s"),
+        Figure("raw Celery throughput", round(tasks / raw, 1), "tasks/s"),
+        Figure("engine time per task", round(engine / expected * 1000, 2), "ms"),
+        Figure("raw Celery time per task", round(raw / tasks * 1000, 2), "ms"),
+        Figure("engine runs checked SUCCEEDED with all tasks claimed once", rounds, "runs", f"= {rounds}"),
+    ]
+    return figures

@@ -1,0 +1,120 @@
+"""The `gatehouse` console script: local validation, and the API client against a live server."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.models import Run, TaskInstance
+from gateway.worker import task_execute
+from tests.engine.driver import workflow
+
+GATEHOUSE = str(Path(sys.executable).parent / "gatehouse")
+DEMO = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "threat-validation.yaml"
+
+
+def cli(*args, token=None, url=None, stdin=None, home=None):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEHOUSE_")}
+    env["HOME"] = str(home or "/nonexistent")
+    if token:
+        env["GATEHOUSE_TOKEN"] = token
+    if url:
+        env["GATEHOUSE_URL"] = url
+    return subprocess.run([GATEHOUSE, *args], capture_output=True, text=True, env=env, input=stdin, timeout=60)
+
+
+def test_validate_a_good_file_exits_0():
+    result = cli("workflow", "validate", str(DEMO))
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout and "6 tasks" in result.stdout
+
+
+def test_validate_a_bad_file_exits_2_with_each_error_at_its_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "apiVersion: gatehouse/v1\nkind: Workflow\nname: bad\ntasks:\n"
+        "  - id: a\n    run: 'true'\n    needs: [c]\n"
+        "  - id: b\n    run: 'true'\n    needs: [a]\n"
+        "  - id: c\n    run: 'true'\n    needs: [b]\n"
+        "  - id: g\n    type: gate\n    title: x\n"
+    )
+    result = cli("workflow", "validate", str(bad))
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "a -> b -> c -> a" in result.stderr or "a -> c" in result.stderr or "cycle" in result.stderr
+    assert f"{bad}:14: task 'g'" in result.stderr  # the gate without options, at its line
+
+
+def test_validate_refuses_non_utf8_and_a_missing_file(tmp_path):
+    blob = tmp_path / "latin1.yaml"
+    blob.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    result = cli("workflow", "validate", str(blob))
+    assert result.returncode == 2 and "UTF-8" in result.stderr
+    missing = cli("workflow", "validate", str(tmp_path / "nope.yaml"))
+    assert missing.returncode == 2 and "nope.yaml" in missing.stderr
+
+
+def test_client_commands_need_a_token():
+    result = cli("run", "list")
+    assert result.returncode == 2 and "no API token" in result.stderr
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_client_submits_watches_decides_and_cancels(recording, live_server, author, analyst, tmp_path):
+    from rest_framework.authtoken.models import Token
+
+    author_token = Token.objects.create(user=author).key
+    analyst_token = Token.objects.create(user=analyst).key
+    url = live_server.url
+    wf = tmp_path / "wf.yaml"
+    wf.write_text(workflow({"id": "a"}, {"id": "g", "type": "gate", "needs": ["a"],
+                                         "form": {"type": "object", "properties": {"ok": {"type": "boolean"}}}},
+                           {"id": "b", "needs": ["g"]}, name="cli-run"))
+    submitted = cli("run", "submit", str(wf), token=author_token, url=url)
+    assert submitted.returncode == 0, submitted.stderr
+    run_id = submitted.stdout.strip()
+    run = Run.objects.get(id=run_id)
+    a = TaskInstance.objects.get(run=run, key="a")
+    assert task_execute(a.id, a.attempt) == "succeeded"
+
+    status = cli("run", "status", run_id, token=author_token, url=url)
+    assert status.returncode == 0
+    assert "AWAITING_DECISION" in status.stdout and "cli-run" in status.stdout
+
+    listed = cli("gate", "list", "--json", token=analyst_token, url=url)
+    gates = json.loads(listed.stdout)
+    assert [g["task"] for g in gates] == ["g"]
+    bad_input = tmp_path / "bad.json"
+    bad_input.write_text('{"ok": "yes"}')
+    refused = cli("gate", "decide", gates[0]["id"], "--option", "confirm", "--input", str(bad_input), token=analyst_token, url=url)
+    assert refused.returncode == 1 and "gate_input_invalid" in refused.stderr
+    decided = cli("gate", "decide", gates[0]["id"], "--option", "confirm", "--input", "-", stdin='{"ok": true}',
+                  token=analyst_token, url=url)
+    assert decided.returncode == 0, decided.stderr
+    assert TaskInstance.objects.get(run=run, key="b").state == "QUEUED"
+
+    cancelled = cli("run", "cancel", run_id, token=author_token, url=url)
+    assert cancelled.returncode == 0 and "CANCELLED" in cancelled.stdout
+    again = cli("run", "cancel", run_id, token=author_token, url=url)
+    assert again.returncode == 1 and "run_finished" in again.stderr
+
+    invalid = tmp_path / "invalid.yaml"
+    invalid.write_text("apiVersion: gatehouse/v1\nkind: Workflow\nname: x\ntasks:\n  - id: a\n    needs: [zz]\n    run: 'true'\n")
+    refused = cli("run", "submit", str(invalid), token=author_token, url=url)
+    assert refused.returncode == 1 and "spec_invalid" in refused.stderr and "line 6" in refused.stderr
+    assert Run.objects.count() == 1
+
+    wrong = cli("run", "list", token="not-a-token", url=url)
+    assert wrong.returncode == 1 and "401" in wrong.stderr
+
+
+def test_the_client_reads_its_config_file(tmp_path, live_server, db):
+    config = tmp_path / ".config" / "gatehouse"
+    config.mkdir(parents=True)
+    (config / "config.ini").write_text(f"[gatehouse]\nurl = {live_server.url}\ntoken = wrong-token\n")
+    result = cli("gate", "list", home=tmp_path)
+    assert result.returncode == 1 and "error 401" in result.stderr  # it used the file's URL and token

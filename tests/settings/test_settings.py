@@ -1,0 +1,45 @@
+"""Settings come from the environment; the production profile refuses unsafe starts."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def start(**env):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GATEHOUSE_")}
+    clean["GATEHOUSE_VAR_DIR"] = "/tmp/gatehouse-settings-test"
+    clean.update(env)
+    return subprocess.run([sys.executable, "-c", "import django; django.setup(); from django.conf import settings; print(settings.DEBUG, settings.DATABASES['default']['ENGINE'])"],
+                          cwd=ROOT, env={**clean, "DJANGO_SETTINGS_MODULE": "gateway.settings"}, capture_output=True, text=True)
+
+
+def test_the_embedded_default_needs_no_server():
+    result = start()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "django.db.backends.sqlite3"]
+
+
+def test_production_refuses_to_start_without_a_secret():
+    result = start(GATEHOUSE_PROFILE="production", GATEHOUSE_DEBUG="false")
+    assert result.returncode != 0 and "GATEHOUSE_SECRET_KEY" in result.stderr
+
+
+def test_production_refuses_to_start_with_debug_on():
+    result = start(GATEHOUSE_PROFILE="production", GATEHOUSE_DEBUG="true", GATEHOUSE_SECRET_KEY="s" * 40)
+    assert result.returncode != 0 and "DEBUG" in result.stderr
+
+
+def test_production_starts_with_a_secret_and_debug_off():
+    result = start(GATEHOUSE_PROFILE="production", GATEHOUSE_SECRET_KEY="s" * 40,
+                   GATEHOUSE_DATABASE_URL="postgres://u:p@127.0.0.1:5432/x")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "django.db.backends.postgresql"]
+
+
+def test_an_unknown_profile_is_refused():
+    result = start(GATEHOUSE_PROFILE="staging")
+    assert result.returncode != 0 and "GATEHOUSE_PROFILE" in result.stderr
