@@ -204,6 +204,7 @@ GATEHOUSE_SPEC_LIMITS = {
     "max_tasks": env.int("GATEHOUSE_SPEC_MAX_TASKS", default=5_000),
     "max_depth": env.int("GATEHOUSE_SPEC_MAX_DEPTH", default=40),
     "max_nodes": env.int("GATEHOUSE_SPEC_MAX_NODES", default=500_000),
+    "max_scalar_len": env.int("GATEHOUSE_SPEC_MAX_SCALAR_LEN", default=200_000),
 }
 # Largest analyst form input accepted with a decision.
 GATEHOUSE_MAX_DECISION_INPUT_BYTES = env.int("GATEHOUSE_MAX_DECISION_INPUT_BYTES", default=1_000_000)
