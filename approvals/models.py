@@ -70,6 +70,7 @@ class GateEligibility(models.Model):
     """Who may decide a gate: one row per role or group named in its approvers.
     A plain table (rather than a JSON list) so "gates I may decide" is one indexed join."""
 
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
     gate = models.ForeignKey(Gate, on_delete=models.CASCADE, related_name="eligibility")
     principal = models.CharField(max_length=100)
 

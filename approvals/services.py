@@ -27,7 +27,7 @@ def canonical_json(value) -> bytes:
 
 def _set_eligibility(gate: Gate, principals) -> None:
     GateEligibility.objects.filter(gate=gate).delete()
-    GateEligibility.objects.bulk_create([GateEligibility(gate=gate, principal=p) for p in sorted(set(principals))])
+    GateEligibility.objects.bulk_create([GateEligibility(tenant_id=gate.tenant_id, gate=gate, principal=p) for p in sorted(set(principals))])
 
 
 def gate_open(task: TaskInstance) -> Gate:

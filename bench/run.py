@@ -68,6 +68,16 @@ def _ensure_database(base_url: str) -> None:
                 pass
 
 
+def _reset_schema(bench_url: str) -> None:
+    """Empty the bench database completely (a fresh `public` schema), so that `migrate` builds it
+    from the migrations as they are now, even when a migration was edited in place."""
+    import psycopg
+
+    with psycopg.connect(bench_url, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS public CASCADE")
+        conn.execute("CREATE SCHEMA public")
+
+
 def _configure_environment() -> dict[str, str]:
     """Point this process (and the workers it starts) at the bench database, broker and var dir.
     Must run before django.setup(): settings are read once, from the environment."""
@@ -76,11 +86,14 @@ def _configure_environment() -> dict[str, str]:
     if not base_db or not base_broker:
         sys.exit("bench: GATEHOUSE_DATABASE_URL and GATEHOUSE_BROKER_URL must be set; run `make bench`")
     _ensure_database(base_db)
+    bench_db = _bench_database_url(base_db)
+    _log(f"emptying database {BENCH_DB}")
+    _reset_schema(bench_db)
     os.environ.update(
         {
             "DJANGO_SETTINGS_MODULE": "gateway.settings",
             "GATEHOUSE_PROFILE": os.environ.get("GATEHOUSE_PROFILE") or "test",
-            "GATEHOUSE_DATABASE_URL": _bench_database_url(base_db),
+            "GATEHOUSE_DATABASE_URL": bench_db,
             "GATEHOUSE_BROKER_URL": _bench_broker_url(base_broker),
             "GATEHOUSE_VAR_DIR": str(VAR_DIR),
             "GATEHOUSE_ARTEFACT_ROOT": str(VAR_DIR / "artefacts"),
@@ -140,9 +153,8 @@ def _prepare_database() -> None:
     name = settings.DATABASES["default"]["NAME"]
     if name != BENCH_DB:  # never flush anything else
         raise RuntimeError(f"refusing to run against database {name!r}; expected {BENCH_DB!r}")
-    _log(f"migrating and emptying database {BENCH_DB}")
+    _log(f"migrating database {BENCH_DB}")
     call_command("migrate", interactive=False, verbosity=0)
-    call_command("flush", interactive=False, verbosity=0)
     for sub in ("artefacts", "work"):
         shutil.rmtree(VAR_DIR / sub, ignore_errors=True)
         (VAR_DIR / sub).mkdir(parents=True, exist_ok=True)

@@ -48,6 +48,7 @@ def task_transition(
         with transaction.atomic():  # a savepoint: a duplicate id must not poison the caller's transaction
             TaskTransition.objects.create(
                 transition_id=transition_id,
+                tenant_id=task.tenant_id,
                 task=task,
                 from_state=task.state,
                 to_state=to_state,
@@ -84,6 +85,7 @@ def _bulk_transition(tasks: list[TaskInstance], to_state: str, *, id_prefix: str
         history.append(
             TaskTransition(
                 transition_id=f"{id_prefix}:{task.id}:{fields.get('attempt', task.attempt)}",
+                tenant_id=task.tenant_id,
                 task=task,
                 from_state=task.state,
                 to_state=to_state,

@@ -104,6 +104,7 @@ class TaskTransition(models.Model):
     """The history of every task move. `transition_id` is unique: a retried move is a no-op."""
 
     transition_id = models.CharField(max_length=200, unique=True)
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
     task = models.ForeignKey(TaskInstance, on_delete=models.CASCADE, related_name="transitions")
     from_state = models.CharField(max_length=20)
     to_state = models.CharField(max_length=20)
