@@ -88,7 +88,16 @@ def machine_info(*, postgresql: str | None, redis: str | None) -> dict:
         "python": platform.python_version(),
         "postgresql": postgresql or "n/a",
         "redis": redis or "n/a",
+        # Not a property of the machine but of the moment: other work on it skews every figure.
+        "load_average_1min_at_start": _load_average(),
     }
+
+
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def write_results(name: str, figures: list[Figure], *, date: str, machine: dict) -> Path:

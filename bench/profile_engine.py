@@ -5,9 +5,10 @@
 Against the bench database (`gatehouse_bench`, emptied and migrated first: do not run it while
 `make bench` runs), with the recording dispatcher so no
 worker or broker is involved: a fan-out run root → N tasks → join is submitted, then its messages
-are executed in this process, single-threaded. The first half of the fan-out is timed phase by phase
-(claim / run / finish, as `gateway.worker.task_execute` does them) with every SQL query captured; the
-second half runs `task_execute` under cProfile.
+are executed in this process, single-threaded. A quarter of the fan-out is timed phase by phase
+(claim / run / finish, as `gateway.worker.task_execute` does them) with every SQL query captured; a
+quarter runs `task_execute` plainly; a quarter with the database connection closed before and after
+each task, as Celery's Django fixup does in the workers; the last quarter under cProfile.
 """
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def _fsync_ms(samples: int = 20) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=int, default=300)
+    parser.add_argument("--tasks", type=int, default=400)
     parser.add_argument("--top", type=int, default=30)
     args = parser.parse_args()
 
@@ -106,70 +107,112 @@ def main() -> int:
     task_execute(*root)  # readies the fan-out
     fan = pop()
     assert len(fan) == args.tasks, len(fan)
-    half = len(fan) // 2
+    quarter = len(fan) // 4
+    timed, plain, reconnect, profiled = (fan[:quarter], fan[quarter:2 * quarter], fan[2 * quarter:3 * quarter],
+                                         fan[3 * quarter:])
+
+    class Timer:
+        """Precise time of every statement (Django's captured "time" is rounded to the millisecond).
+        COMMIT is not a statement: it is timed around the transaction's end by the phase timer."""
+
+        def __init__(self):
+            self.items: list[tuple[str, float]] = []
+
+        def __call__(self, execute, sql, params, many, context):
+            start = time.perf_counter()
+            try:
+                return execute(sql, params, many, context)
+            finally:
+                self.items.append((sql, time.perf_counter() - start))
 
     phases = {"claim": [], "run": [], "finish": []}
-    sql_ms = {"claim": [], "run": [], "finish": []}
     per_task_queries = []
+    sql_total = []
     kinds: Counter[str] = Counter()
     kinds_ms: defaultdict[str, float] = defaultdict(float)
-    for task_id, attempt in fan[:half]:
-        count = 0
-        with CaptureQueriesContext(connection) as q:
-            t0 = time.perf_counter()
-            task = task_claim(task_id, attempt)
-        t1 = time.perf_counter()
-        phases["claim"].append(t1 - t0)
-        sql_ms["claim"].append(sum(float(x["time"]) for x in q.captured_queries))
-        captured = list(q.captured_queries)
-        with CaptureQueriesContext(connection) as q:
-            t1 = time.perf_counter()
-            outcome = task_run(task, attempt)
-        t2 = time.perf_counter()
-        phases["run"].append(t2 - t1)
-        sql_ms["run"].append(sum(float(x["time"]) for x in q.captured_queries))
-        captured += q.captured_queries
-        with CaptureQueriesContext(connection) as q:
-            t2 = time.perf_counter()
-            result = task_finish(task_id, attempt, outcome)
-        t3 = time.perf_counter()
+    for task_id, attempt in timed:
+        timer = Timer()
+        with connection.execute_wrapper(timer):
+            with CaptureQueriesContext(connection) as q:
+                t0 = time.perf_counter()
+                task = task_claim(task_id, attempt)
+                t1 = time.perf_counter()
+                outcome = task_run(task, attempt)
+                t2 = time.perf_counter()
+                result = task_finish(task_id, attempt, outcome)
+                t3 = time.perf_counter()
         assert result == "succeeded", result
+        phases["claim"].append(t1 - t0)
+        phases["run"].append(t2 - t1)
         phases["finish"].append(t3 - t2)
-        sql_ms["finish"].append(sum(float(x["time"]) for x in q.captured_queries))
-        captured += q.captured_queries
-        per_task_queries.append(len(captured))
-        for query in captured:
-            kinds[_kind(query["sql"])] += 1
-            kinds_ms[_kind(query["sql"])] += float(query["time"])
+        for sql, duration in timer.items:
+            kinds[_kind(sql)] += 1
+            kinds_ms[_kind(sql)] += duration
+        sql_total.append(sum(d for _, d in timer.items))
+        per_task_queries.append(len(q.captured_queries))
+        for query in q.captured_queries:
+            if query["sql"] in ("BEGIN", "COMMIT"):  # the only ones that bypass execute wrappers
+                kinds[_kind(query["sql"])] += 1
+                kinds_ms[_kind(query["sql"])] += float(query["time"])
+
+    def whole(messages, *, close: bool) -> list[float]:
+        times = []
+        for task_id, attempt in messages:
+            start = time.perf_counter()
+            if close:  # what celery.fixups.django does before and after every task (Celery 5.5+)
+                connection.close()
+            task_execute(task_id, attempt)
+            if close:
+                connection.close()
+            times.append(time.perf_counter() - start)
+        return times
+
+    persistent_times = whole(plain, close=False)
+    reconnect_times = whole(reconnect, close=True)
 
     profiler = cProfile.Profile()
     start = time.perf_counter()
     profiler.enable()
-    for task_id, attempt in fan[half:]:
+    for task_id, attempt in profiled:
         task_execute(task_id, attempt)
     profiler.disable()
-    profiled_ms = (time.perf_counter() - start) * 1000 / (len(fan) - half)
+    profiled_ms = (time.perf_counter() - start) * 1000 / len(profiled)
     (join,) = pop()
     task_execute(*join)
     run.refresh_from_db()
 
-    n = len(fan[:half])
+    n = len(timed)
     total = [sum(x) for x in zip(*phases.values())]
-    print(f"\n== engine per task, in-process, single-threaded, {n} fan-out tasks timed ({run.state}) ==")
+    print(f"\n== engine per task, in-process, single-threaded, fan-out of {len(fan)} ({run.state}) ==")
     print(f"run_submit of the {args.tasks + 2}-task run: {submit_ms:.0f} ms, {len(submit_q.captured_queries)} queries")
-    print(f"whole task: median {median(total) * 1000:.2f} ms, p90 {percentile(total, 90) * 1000:.2f} ms")
+    print(f"task_execute, {len(plain)} tasks, connection kept: median {median(persistent_times) * 1000:.2f} ms")
+    print(f"task_execute, {len(reconnect)} tasks, connection closed before and after each (as Celery's Django "
+          f"fixup does): median {median(reconnect_times) * 1000:.2f} ms")
+    print(f"{n} tasks timed phase by phase (queries captured): median {median(total) * 1000:.2f} ms, "
+          f"p90 {percentile(total, 90) * 1000:.2f} ms")
     for name, values in phases.items():
-        print(f"  {name:<7} median {median(values) * 1000:6.2f} ms   of which SQL {median(sql_ms[name]) * 1000:6.2f} ms")
-    print(f"SQL queries per task: median {median(per_task_queries):.0f} (min {min(per_task_queries)}, max {max(per_task_queries)})")
-    print("queries per task by kind (count, SQL time per task):")
+        print(f"  {name:<7} median {median(values) * 1000:6.2f} ms")
+    print(f"time inside SQL statements (excluding BEGIN/COMMIT): median {median(sql_total) * 1000:.2f} ms per task")
+    print(f"SQL round trips per task (with BEGIN/COMMIT/SAVEPOINT): median {median(per_task_queries):.0f} "
+          f"(min {min(per_task_queries)}, max {max(per_task_queries)})")
+    print("round trips per task by kind (count, time per task; BEGIN/COMMIT/SAVEPOINT times are Django's, to 1 ms):")
     for kind, count in kinds.most_common():
         print(f"  {count / n:5.1f}  {kinds_ms[kind] / n * 1000:6.2f} ms  {kind}")
     print(f"fsync of a small file here: median {_fsync_ms():.2f} ms")
-    print(f"\n== cProfile of task_execute over {len(fan) - half} tasks ({profiled_ms:.2f} ms per task under the profiler) ==")
-    for key in ("cumulative", "tottime"):
+    print(f"\n== cProfile of task_execute over {len(profiled)} tasks ({profiled_ms:.2f} ms per task under the profiler) ==")
+    project = re.escape(str(ROOT)) + r"/(gateway|executors|approvals|audit)/|subprocess|fsync"
+    for key, restriction in (("cumulative", project),
+                             ("cumulative", ""), ("tottime", "")):
         buf = io.StringIO()
-        pstats.Stats(profiler, stream=buf).sort_stats(key).print_stats(args.top)
+        stats = pstats.Stats(profiler, stream=buf).sort_stats(key)
+        if restriction:
+            stats.print_stats(restriction, args.top)
+        else:
+            stats.print_stats(args.top)
         print(buf.getvalue())
+    buf = io.StringIO()
+    pstats.Stats(profiler, stream=buf).sort_stats("cumulative").print_callees(r"worker.py:\d+\((task_claim|task_finish)\)")
+    print(buf.getvalue())
     return 0
 
 

@@ -173,12 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gates", type=int, default=300, help="gate_release: measured gates (default 300)")
     parser.add_argument("--warmup", type=int, default=10, help="gate_release: unmeasured warm-up gates (default 10)")
     parser.add_argument("--tasks", type=int, default=2000, help="fanout/spec_parse: fan-out width (default 2000)")
-    parser.add_argument("--rounds", type=int, default=2, help="fanout: interleaved rounds of each (default 2, min 2)")
+    parser.add_argument("--rounds", type=int, default=3, help="fanout: interleaved rounds of each (default 3, min 2)")
     parser.add_argument("--docs-only", action="store_true", help="only regenerate docs/benchmarks.md")
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
+    if args.rounds < 2:
+        parser.error("--rounds must be at least 2 (engine and raw Celery rounds are interleaved)")
+    if args.gates < 1 or args.warmup < 0 or args.tasks < 1:
+        parser.error("--gates and --tasks must be positive, --warmup not negative")
     names = [n for n in BENCHMARKS if n in args.names] if args.names else list(BENCHMARKS)
 
     from bench import report
@@ -213,7 +217,6 @@ def main(argv: list[str] | None = None) -> int:
         analyst = member_create(tenant=tenant, username="bench-analyst", roles=["analyst"])
         ctx = Context(procs, tenant, author, analyst)
         pg_version, redis_version = _versions()
-        machine = machine_info(postgresql=pg_version, redis=redis_version)
         options = {"gates": args.gates, "warmup": args.warmup, "tasks": args.tasks, "rounds": args.rounds}
         import importlib
 
@@ -221,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             module = importlib.import_module(f"bench.{name}")
             ctx.current = name
             date = now_iso()
+            machine = machine_info(postgresql=pg_version, redis=redis_version)
             t0 = time.perf_counter()
             _log(f"{name}: start")
             try:

@@ -198,6 +198,27 @@ def _status_from_returncode(rc: int) -> JobStatus:
     return JobStatus(JobState.FAILED, rc, f"exit code {rc}")
 
 
+# util-linux's setpriv sets the parent-death signal and execs the task: the same guarantee as a
+# preexec_fn calling prctl, without forcing subprocess to fork() the whole worker (a preexec_fn
+# rules out vfork; fork copies the worker's page tables, about 7 ms a task against 2 ms here).
+_SETPRIV = shutil.which("setpriv", path="/usr/bin:/bin:/usr/sbin:/sbin") if sys.platform.startswith("linux") else None
+
+
+def _with_pdeathsig(argv: list[str], env: Mapping[str, str]) -> tuple[list[str], Callable[[], None] | None]:
+    """The command and preexec_fn that make the task die with its worker (Linux only)."""
+    if _SETPRIV is None:
+        return argv, _make_child_setup(os.getpid())
+    program = argv[0]
+    if os.sep not in program:
+        # setpriv would report a missing program only as an exit status; keep it a spawn error.
+        found = shutil.which(program, path=env.get("PATH", SAFE_PATH))
+        if found is None:
+            raise FileNotFoundError(2, "No such file or directory", program)
+    elif not os.access(program, os.X_OK):
+        raise FileNotFoundError(2, "No such file or directory or not executable", program)
+    return [_SETPRIV, "--pdeathsig", "KILL", "--", *argv], None
+
+
 def _make_child_setup(parent_pid: int) -> Callable[[], None] | None:
     """preexec_fn for Popen: die with the parent (Linux only).
 
@@ -544,8 +565,9 @@ class LocalExecutor(Executor):
         except OSError as exc:
             raise ExecutorError("staging_failed", f"cannot prepare work dir {workdir!r}: {exc}") from exc
         try:
+            spawn_argv, preexec = _with_pdeathsig(argv, env)
             proc = subprocess.Popen(
-                argv,
+                spawn_argv,
                 cwd=workdir,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -553,7 +575,7 @@ class LocalExecutor(Executor):
                 stderr=stderr_fd,
                 close_fds=True,
                 start_new_session=True,  # own session and process group: killpg reaches it all
-                preexec_fn=_make_child_setup(os.getpid()),
+                preexec_fn=preexec,
             )
         except (OSError, subprocess.SubprocessError) as exc:
             detail = getattr(exc, "strerror", None) or str(exc)

@@ -2,6 +2,7 @@
 import os
 
 from celery import Celery
+from celery.signals import task_postrun, task_prerun
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway.settings")
 
@@ -16,3 +17,12 @@ def _schedule_reconciler(sender, **kwargs):
 
     interval = settings.GATEHOUSE_ENGINE["RECONCILE_INTERVAL_SECONDS"]
     sender.add_periodic_task(interval, sender.signature("gateway.tasks.reconcile_task"), name="reconcile")
+
+
+@task_prerun.connect
+@task_postrun.connect
+def _close_old_connections(**kwargs):
+    """Drop a connection that is broken or older than CONN_MAX_AGE, as Django does per request."""
+    from django.db import close_old_connections
+
+    close_old_connections()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from django.db import IntegrityError, transaction
+from django.db import connection
 from django.db.models import F
 from django.utils import timezone
 
@@ -44,32 +44,45 @@ def task_transition(
         if TaskTransition.objects.filter(transition_id=transition_id).exists():
             return False
         raise InvalidTransition(task, to_state)
-    try:
-        with transaction.atomic():  # a savepoint: a duplicate id must not poison the caller's transaction
-            TaskTransition.objects.create(
-                transition_id=transition_id,
-                tenant_id=task.tenant_id,
-                task=task,
-                from_state=task.state,
-                to_state=to_state,
-                attempt=fields.get("attempt", task.attempt),
-                reason=reason,
-                actor=actor if (actor is not None and actor.is_authenticated) else None,
-            )
-    except IntegrityError:
+    if not _record(task, to_state, transition_id, fields.get("attempt", task.attempt), reason, actor):
         return False
     now = timezone.now()
+    changed = {"state", "reason", "state_changed_at", *fields}
     task.state = to_state
     task.reason = reason
     task.state_changed_at = now
     if to_state in TASK_TERMINAL:
         task.finished_at = now
         task.lease_expires_at = None
+        changed |= {"finished_at", "lease_expires_at"}
     for name, value in fields.items():
         setattr(task, name, value)
     if save:
-        task.save()
+        task.save(update_fields=sorted(changed))
     return True
+
+
+_INSERT_TRANSITION = None
+
+
+def _record(task: TaskInstance, to_state: str, transition_id: str, attempt: int, reason: str, actor) -> bool:
+    """Insert the history row unless its transition id exists: one statement, no savepoint.
+    Returns whether this call inserted it."""
+    global _INSERT_TRANSITION
+    if _INSERT_TRANSITION is None:
+        table = TaskTransition._meta.db_table
+        _INSERT_TRANSITION = (
+            f'INSERT INTO "{table}" (transition_id, tenant_id, task_id, from_state, to_state, attempt, reason, actor_id, at) '
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (transition_id) DO NOTHING RETURNING id"
+        )
+    actor_id = actor.pk if (actor is not None and actor.is_authenticated) else None
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _INSERT_TRANSITION,
+            [transition_id, task.tenant_id, task.id, task.state, to_state, attempt, reason, actor_id,
+             connection.ops.adapt_datetimefield_value(timezone.now())],
+        )
+        return cursor.fetchone() is not None
 
 
 def _bulk_transition(tasks: list[TaskInstance], to_state: str, *, id_prefix: str, reason: str, **fields) -> None:
@@ -135,6 +148,7 @@ def after_terminal(task: TaskInstance) -> None:
             rows = list(
                 TaskInstance.objects.select_for_update()
                 .filter(run_id=task.run_id, key__in=task.dependants)
+                .defer("spec", "dependants")  # a fan-in task's spec lists thousands of needs
                 .order_by("id")
             )
             TaskInstance.objects.filter(id__in=[r.id for r in rows]).update(needs_remaining=F("needs_remaining") - 1)
@@ -144,6 +158,8 @@ def after_terminal(task: TaskInstance) -> None:
                 if row.needs_remaining == 0 and row.state == TaskState.PENDING:
                     ready.append(row)
             make_ready(ready)
+            if any(row.state not in TASK_TERMINAL for row in rows):
+                return  # a dependant is still open, so the run is too
         else:
             skip_descendants(task)
     run_close_if_done(task.run_id)

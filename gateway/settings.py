@@ -165,6 +165,11 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = env.int("GATEHOUSE_WORKER_PREFETCH", default
 CELERY_TASK_DEFAULT_QUEUE = env.str("GATEHOUSE_QUEUE", default="gatehouse")
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Celery's Django fixup closes the database connection around every task unless reuse is set;
+# a new PostgreSQL connection per task cost more than the task's own queries. Stale or broken
+# connections are still dropped: gateway.celery runs close_old_connections around each task,
+# which honours CONN_MAX_AGE and CONN_HEALTH_CHECKS.
+CELERY_DB_REUSE_MAX = env.int("GATEHOUSE_WORKER_DB_REUSE_MAX", default=1000)
 
 # Artefacts: files on disk by default; S3 when a bucket is configured.
 _s3_bucket = env.str("GATEHOUSE_ARTEFACT_S3_BUCKET", default="")

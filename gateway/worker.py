@@ -119,9 +119,12 @@ def _store_outputs(task: TaskInstance, collected: Collected, *, declared: bool) 
         ("stdout", collected.stdout_path, "text/plain"),
         ("stderr", collected.stderr_path, "text/plain"),
     ] + ([(o.name, o.path, o.media_type) for o in collected.outputs] if declared else []):
-        if path and os.path.exists(path):
-            blob = store.put_file(tenant, path)
-            results.append((name, blob.digest, blob.size, media_type))
+        if not path or not os.path.exists(path):
+            continue
+        if name in ("stdout", "stderr") and os.path.getsize(path) == 0:
+            continue  # an empty log is not kept
+        blob = store.put_file(tenant, path)
+        results.append((name, blob.digest, blob.size, media_type))
     return results
 
 
@@ -175,7 +178,7 @@ def task_run(task: TaskInstance, attempt: int) -> Outcome:
 def task_finish(task_id: int, attempt: int, outcome: Outcome) -> str:
     """Record the end of an attempt: artefacts, the new state, and what follows from it."""
     with transaction.atomic():
-        task = TaskInstance.objects.select_for_update().filter(id=task_id).first()
+        task = TaskInstance.objects.select_for_update().defer("spec").filter(id=task_id).first()
         if task is None or task.state != TaskState.RUNNING or task.attempt != attempt:
             return "superseded"  # cancelled or recovered meanwhile: this attempt's result is dropped
         Artefact.objects.bulk_create(

@@ -497,6 +497,35 @@ class FileStore(ArtefactStore):
             raise
         return Blob(digest, size)
 
+    def put_file(
+        self, tenant: str, path: str | os.PathLike[str], *, max_bytes: int | None = None
+    ) -> Blob:
+        """Hash the file first: when the blob is already stored (same digest and size), nothing
+        is written. Identical outputs (empty logs above all) then cost a read, not a write and
+        two fsyncs. A blob damaged on disk is still caught by the digest check on every read."""
+        validate_tenant(tenant)
+        with open(path, "rb") as fh:
+            digest, size = _hash_copy(fh, lambda chunk: None, max_bytes=max_bytes)
+            known = self._stored(tenant, digest, size)
+            if known is not None:
+                return known
+            fh.seek(0)
+            return self.put_stream(tenant, fh, max_bytes=max_bytes)
+
+    def put_bytes(self, tenant: str, data: bytes, *, max_bytes: int | None = None) -> Blob:
+        validate_tenant(tenant)
+        if max_bytes is not None and len(data) > max_bytes:
+            raise ArtefactError(ArtefactError.TOO_LARGE, f"content exceeds {max_bytes} bytes")
+        known = self._stored(tenant, hashlib.sha256(data).hexdigest(), len(data))
+        return known if known is not None else self.put_stream(tenant, io.BytesIO(data))
+
+    def _stored(self, tenant: str, digest: str, size: int) -> Blob | None:
+        try:
+            info = os.lstat(self.blob_path(tenant, digest))
+        except OSError:
+            return None
+        return Blob(digest, size) if stat.S_ISREG(info.st_mode) and info.st_size == size else None
+
     def open(self, tenant: str, digest: str) -> BinaryIO:
         path = self.blob_path(tenant, digest)
         flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)

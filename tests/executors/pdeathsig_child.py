@@ -13,6 +13,10 @@ from executors.base import JobRequest
 
 if "--no-pdeathsig" in sys.argv:
     local._PRCTL = None  # control case: show the test can tell the difference
+    local._SETPRIV = None
+
+if "--preexec" in sys.argv:
+    local._SETPRIV = None  # the fallback where setpriv is missing: prctl in a preexec_fn
 
 ex = local.LocalExecutor()
 handle = ex.submit(JobRequest(job_key="pdeathsig/sleep/1", argv=("sleep", "60"), env={}, workdir=sys.argv[1]))

@@ -366,8 +366,9 @@ def _kill_leftover(pid: int, ticks: int) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def test_task_dies_with_the_worker(tmp_path: Path) -> None:
-    helper, pid, ticks = _start_helper(tmp_path / "wd")
+@pytest.mark.parametrize("mechanism", [[], ["--preexec"]], ids=["setpriv", "preexec_fn"])
+def test_task_dies_with_the_worker(tmp_path: Path, mechanism: list[str]) -> None:
+    helper, pid, ticks = _start_helper(tmp_path / "wd", *mechanism)
     try:
         assert proc_alive(pid, ticks)
         helper.kill()
