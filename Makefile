@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 TEST_ENV := GATEHOUSE_PROFILE=test \
 	GATEHOUSE_DATABASE_URL=postgres://gatehouse:gatehouse@127.0.0.1:5432/gatehouse \
 	GATEHOUSE_BROKER_URL=redis://127.0.0.1:6379/14 \
-	GATEHOUSE_VAR_DIR=$(CURDIR)/var/test
+	GATEHOUSE_VAR_DIR=$(CURDIR)/var/test \
+	GATEHOUSE_DB_ALLOW_AUDIT_PURGE=1
 
 .PHONY: run test test-fast bench install clean
 

@@ -1,19 +1,38 @@
 """The catalogue of audit event types. A name not listed here is refused by audit_append."""
 EVENTS = frozenset(
     {
+        # identity and access
+        "auth.login",
+        "auth.login_failed",
+        "auth.logout",
+        "access.denied",  # every authorization denial: 401, 403, and 404 for what is out of scope
+        "request.refused",  # a write refused for its content (4xx other than the above)
+        # tenancy and administration
+        "tenant.created",
+        "member.created",
+        "audit.key_created",
+        "audit.key_retired",
+        # runs and the engine
         "run.submitted",
         "run.submit_refused",
         "run.cancelled",
         "run.finished",
+        "task.transition",
+        "task.recovered",
+        "task.redispatched",
+        "executor.submitted",
+        # gates
         "gate.opened",
+        "gate.read",
         "gate.decided",
         "gate.decision_refused",
         "gate.released",
         "gate.rejected",
         "gate.expired",
         "gate.escalated",
+        # reads of content
         "artefact.read",
-        "task.recovered",
-        "task.redispatched",
+        "audit.searched",
+        "audit.exported",
     }
 )

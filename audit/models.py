@@ -1,17 +1,95 @@
-"""Audit events. This is the plain record; the hash chain, signed checkpoints and export build on it."""
+"""The audit log's tables.
+
+- AuditEntry: written by audit_append inside the transaction of the action it records
+  (INSERT only). It holds what happened; it is not yet placed in the log.
+- AuditPending: the queue of committed entries the sequencer has not placed yet.
+- AuditLeaf: written by the sequencer (INSERT only): the entry's position in the global log and
+  in its tenant's log, its canonical bytes (the Merkle leaf) and their hash, chained.
+- AuditNode: hashes of complete (perfect) Merkle subtrees above the leaves (INSERT only).
+- AuditHead: one row per tree (the global log, each tenant's log): size, frontier, last hash.
+- AuditCheckpoint: signed checkpoints (INSERT only), also written outside the database.
+- AuditKey: every key that ever signed a checkpoint, kept for verification after rotation.
+"""
 from django.conf import settings
 from django.db import models
 
 
-class AuditEvent(models.Model):
-    at = models.DateTimeField(auto_now_add=True)
+class AuditEntry(models.Model):
+    id = models.BigAutoField(primary_key=True)
+    at = models.DateTimeField()  # server UTC time of the action
     tenant = models.ForeignKey("gateway.Tenant", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
-    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     event = models.CharField(max_length=64)  # from audit.events.EVENTS
     object_type = models.CharField(max_length=64, blank=True)
-    object_id = models.CharField(max_length=64, blank=True)
-    outcome = models.CharField(max_length=16, default="success")
-    data = models.JSONField(default=dict)
+    object_id = models.CharField(max_length=128, blank=True)
+    label = models.CharField(max_length=200, blank=True)  # classification of what the action touched
+    outcome = models.CharField(max_length=16, default="success")  # success | denied | error
+    body = models.JSONField()  # the full record (who, what, when, where, outcome, data), secrets HMAC'd
 
     class Meta:
-        indexes = [models.Index(fields=["tenant", "at"])]
+        indexes = [
+            models.Index(fields=["tenant", "at"]),
+            models.Index(fields=["event", "at"]),
+            models.Index(fields=["object_type", "object_id"]),
+        ]
+
+
+class AuditPending(models.Model):
+    entry = models.OneToOneField(AuditEntry, primary_key=True, on_delete=models.PROTECT, related_name="+")
+
+
+class AuditLeaf(models.Model):
+    seq = models.BigIntegerField(primary_key=True)  # position in the global log
+    entry = models.OneToOneField(AuditEntry, on_delete=models.PROTECT, related_name="leaf")
+    tenant = models.ForeignKey("gateway.Tenant", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    tenant_seq = models.BigIntegerField(null=True, blank=True)  # position in the tenant's log
+    leaf = models.BinaryField()  # canonical JSON bytes: the Merkle leaf
+    leaf_hash = models.BinaryField(max_length=32)
+    integrated_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["tenant", "tenant_seq"], name="audit_leaf_tenant_seq")]
+
+
+class AuditNode(models.Model):
+    """The hash of the perfect subtree of 2**level leaves starting at index * 2**level."""
+
+    tree = models.CharField(max_length=32)  # "global" or "tenant:<id>"
+    level = models.SmallIntegerField()
+    index = models.BigIntegerField()
+    hash = models.BinaryField(max_length=32)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["tree", "level", "index"], name="audit_node_unique")]
+
+
+class AuditHead(models.Model):
+    tree = models.CharField(max_length=32, primary_key=True)
+    tenant = models.ForeignKey("gateway.Tenant", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    size = models.BigIntegerField(default=0)
+    frontier = models.JSONField(default=list)  # hex hashes of the compact range [0, size)
+    last_hash = models.CharField(max_length=64, default="0" * 64)
+    last_integrated_at = models.DateTimeField(null=True, blank=True)
+    checkpoint_size = models.BigIntegerField(default=0)
+    checkpoint_at = models.DateTimeField(null=True, blank=True)
+
+
+class AuditCheckpoint(models.Model):
+    tree = models.CharField(max_length=32)
+    size = models.BigIntegerField()
+    root = models.CharField(max_length=64)
+    note = models.TextField()  # the signed note, exactly as signed
+    key_id = models.CharField(max_length=8)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["tree", "size"], name="audit_checkpoint_unique")]
+
+
+class AuditKey(models.Model):
+    name = models.CharField(max_length=200)
+    key_id = models.CharField(max_length=8)
+    verifier_key = models.CharField(max_length=300, unique=True)
+    backend = models.CharField(max_length=16)  # file | vault
+    created_at = models.DateTimeField(auto_now_add=True)
+    retired_at = models.DateTimeField(null=True, blank=True)

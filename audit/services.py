@@ -1,12 +1,96 @@
-"""audit_append: the one way into the audit log."""
+"""audit_append: the one way into the audit log.
+
+It writes in the caller's transaction: if the audit write fails, the action fails with it
+(fail closed); when the action rolls back, so does its entry. A denial, which changes nothing
+else, is recorded in a transaction of its own so it is durable whatever the request does next.
+The sequencer (audit.sequencer) later places committed entries in the hash-chained, Merkle-
+tree log; nothing here takes a lock, so concurrent actions never queue on the log.
+"""
 from __future__ import annotations
 
+import hashlib
+import hmac
+from collections.abc import Mapping
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
+from . import context
 from .events import EVENTS
-from .models import AuditEvent
+from .models import AuditEntry, AuditPending
+
+# Keys whose values are never stored in clear, wherever they appear in `data`.
+SENSITIVE_KEYS = frozenset({"password", "secret", "token", "secret_id", "private_key", "api_key", "credentials"})
+
+
+def hmac_value(value: str | bytes) -> str:
+    """A keyed HMAC of a sensitive value: comparable across entries, not reversible."""
+    raw = value.encode("utf-8") if isinstance(value, str) else value
+    return "hmac-sha256:" + hmac.new(settings.GATEHOUSE_AUDIT_HMAC_KEY, raw, hashlib.sha256).hexdigest()
+
+
+def _scrub(value: Any) -> Any:
+    """JSON-safe copy with sensitive keys HMAC'd and floats refused (the log is canonical JSON)."""
+    if isinstance(value, Mapping):
+        return {
+            str(k): (hmac_value(str(v)) if str(k).lower() in SENSITIVE_KEYS and v is not None else _scrub(v))
+            for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [_scrub(v) for v in value]
+    if isinstance(value, float):
+        raise ValueError("audit data must not hold floats (canonical JSON); pass a string")
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    return str(value)
+
+
+def _actor_snapshot(actor) -> dict | None:
+    if actor is None or not getattr(actor, "is_authenticated", False):
+        return None
+    membership = getattr(actor, "membership", None)
+    return {
+        "id": actor.pk,
+        "username": actor.get_username(),
+        "roles": sorted(membership.roles) if membership else [],
+        "groups": sorted(membership.groups) if membership else [],
+        "clearance": None,
+        "auth": context.current().auth_method,
+    }
+
+
+def _entry(*, event, tenant_id, actor, object_type, object_id, label, outcome, error_code, data, secrets) -> AuditEntry:
+    if event not in EVENTS:
+        raise ValueError(f"unknown audit event {event!r}")
+    if outcome not in ("success", "denied", "error"):
+        raise ValueError(f"unknown outcome {outcome!r}")
+    payload = _scrub(data or {})
+    for name, secret in (secrets or {}).items():
+        payload[name] = hmac_value(secret)
+    now = timezone.now()
+    body = {
+        "event": event,
+        "actor": _actor_snapshot(actor),
+        "object": {"type": object_type, "id": object_id} if object_type or object_id else None,
+        "label": label or None,
+        "outcome": outcome,
+        "error": error_code or None,
+        "where": context.current().as_dict(),
+        "data": payload,
+    }
+    return AuditEntry(
+        at=now,
+        tenant_id=tenant_id,
+        actor=actor if body["actor"] else None,
+        event=event,
+        object_type=object_type,
+        object_id=str(object_id),
+        label=label or "",
+        outcome=outcome,
+        body=body,
+    )
 
 
 def audit_append(
@@ -18,23 +102,52 @@ def audit_append(
     obj: Any = None,
     object_type: str = "",
     object_id: str = "",
+    label: str = "",
     outcome: str = "success",
+    error_code: str = "",
     data: dict | None = None,
-) -> AuditEvent:
-    """Record one action. Call it inside the transaction of the change it records, so that
-    the change and its record commit together or not at all."""
-    if event not in EVENTS:
-        raise ValueError(f"unknown audit event {event!r}")
+    secrets: Mapping[str, str] | None = None,
+) -> AuditEntry:
+    """Record one action inside the caller's transaction (or its own, outside one)."""
     if obj is not None:
         object_type = object_type or type(obj).__name__.lower()
         object_id = object_id or str(obj.pk)
+        label = label or getattr(obj, "classification", "") or ""
+    entry = _entry(
+        event=event, tenant_id=tenant.pk if tenant is not None else tenant_id, actor=actor,
+        object_type=object_type, object_id=object_id, label=label, outcome=outcome,
+        error_code=error_code, data=data, secrets=secrets,
+    )
     with transaction.atomic():
-        return AuditEvent.objects.create(
-            event=event,
-            tenant_id=tenant.pk if tenant is not None else tenant_id,
-            actor=actor if (actor is not None and actor.is_authenticated) else None,
-            object_type=object_type,
-            object_id=object_id,
-            outcome=outcome,
-            data=data or {},
+        entry.save(force_insert=True)
+        AuditPending.objects.create(entry=entry)
+    return entry
+
+
+def audit_append_many(records: list[dict]) -> list[AuditEntry]:
+    """Several entries in one round trip each for entries and queue (bulk engine moves)."""
+    if not records:
+        return []
+    entries = [
+        _entry(
+            event=r["event"], tenant_id=r.get("tenant_id"), actor=r.get("actor"),
+            object_type=r.get("object_type", ""), object_id=str(r.get("object_id", "")), label=r.get("label", ""),
+            outcome=r.get("outcome", "success"), error_code=r.get("error_code", ""), data=r.get("data"),
+            secrets=r.get("secrets"),
         )
+        for r in records
+    ]
+    with transaction.atomic():
+        entries = AuditEntry.objects.bulk_create(entries)
+        AuditPending.objects.bulk_create([AuditPending(entry_id=e.id) for e in entries])
+    return entries
+
+
+def audit_denial(*, actor=None, tenant_id=None, code: str, message: str = "", object_type: str = "",
+                 object_id: str = "", data: dict | None = None) -> AuditEntry:
+    """A refusal, recorded durably in its own transaction even when the caller's rolls back.
+    (Outside any transaction it commits at once; inside one, callers use it after leaving it.)"""
+    return audit_append(
+        event="access.denied", tenant_id=tenant_id, actor=actor, object_type=object_type, object_id=object_id,
+        outcome="denied", error_code=code, data={"message": message[:500], **(data or {})},
+    )

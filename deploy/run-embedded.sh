@@ -26,6 +26,8 @@ trap cleanup INT TERM EXIT
 .venv/bin/celery -A gateway.celery worker -B --loglevel=WARNING --concurrency=2 \
   --schedule="$GATEHOUSE_VAR_DIR/celerybeat-schedule" &
 pids+=($!)
+$PY manage.py audit_sequencer --loop &
+pids+=($!)
 .venv/bin/daphne -b "$HOST" -p "$PORT" gateway.asgi:application &
 pids+=($!)
 

@@ -33,6 +33,19 @@ fi
 if [ "$(psql_admin -c "SELECT 1 FROM pg_database WHERE datname='gatehouse'")" != "1" ]; then
   psql_admin -c "CREATE DATABASE gatehouse OWNER gatehouse"
 fi
+# The role the application runs as (workers in tests/integration): it owns nothing and is a member
+# of no role; `migrate` (as gatehouse, the owner) grants it INSERT and SELECT only on the audit log
+# (audit/db_privileges.py). gatehouse is not made a member of it either: the owner needs nothing
+# from it, and two unrelated roles keep every statement attributable to the one that ran it.
+APP_ROLE_ATTRS="NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS NOREPLICATION"
+if [ "$(psql_admin -c "SELECT 1 FROM pg_roles WHERE rolname='gatehouse_app'")" != "1" ]; then
+  log "creating role gatehouse_app"
+  psql_admin -c "CREATE ROLE gatehouse_app LOGIN PASSWORD 'gatehouse_app' $APP_ROLE_ATTRS"
+elif [ "$(psql_admin -c "SELECT rolsuper OR rolcreatedb OR rolcreaterole OR rolbypassrls OR rolreplication
+                          OR NOT rolcanlogin FROM pg_roles WHERE rolname='gatehouse_app'")" != "f" ]; then
+  log "restoring the attributes of role gatehouse_app"
+  psql_admin -c "ALTER ROLE gatehouse_app LOGIN $APP_ROLE_ATTRS"
+fi
 
 # --- Redis ----------------------------------------------------------------------
 if ! command -v redis-server >/dev/null 2>&1; then

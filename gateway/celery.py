@@ -20,9 +20,22 @@ def _schedule_reconciler(sender, **kwargs):
 
 
 @task_prerun.connect
-@task_postrun.connect
-def _close_old_connections(**kwargs):
-    """Drop a connection that is broken or older than CONN_MAX_AGE, as Django does per request."""
+def _before_task(task_id=None, **kwargs):
+    """Drop a connection that is broken or older than CONN_MAX_AGE (as Django does per request),
+    and bind the audit context of this task: the worker host and the Celery task id."""
     from django.db import close_old_connections
 
+    from audit import context
+
     close_old_connections()
+    context.bind(context.Where(task_id=task_id or "", auth_method="worker"))
+
+
+@task_postrun.connect
+def _after_task(**kwargs):
+    from django.db import close_old_connections
+
+    from audit import context
+
+    close_old_connections()
+    context.bind(context.Where())

@@ -9,7 +9,8 @@ class Role(models.TextChoices):
     TENANT_ADMIN = "tenant_admin", "Tenant admin"
     AUTHOR = "author", "Workflow author"
     ANALYST = "analyst", "Analyst"
-    AUDITOR = "auditor", "Auditor"
+    AUDITOR = "auditor", "Auditor"  # reads and exports its tenant's log
+    PLATFORM_AUDITOR = "platform_auditor", "Platform auditor"  # reads and exports every tenant's log
 
 
 class RunState(models.TextChoices):

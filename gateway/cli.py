@@ -175,6 +175,86 @@ def cmd_gate_decide(args, out, err) -> int:
     return EXIT_OK
 
 
+def _progress(out, done: int, total: int | None, unit: str) -> None:
+    if total:
+        filled = int(30 * done / total) if total else 0
+        print(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done:,}/{total:,} {unit}", end="", file=out, flush=True)
+    else:
+        print(f"\r{done:,} {unit}", end="", file=out, flush=True)
+
+
+def cmd_audit_export(args, out, err) -> int:
+    import tarfile
+
+    client = Client(*_config(args))
+    target = Path(args.out)
+    if target.exists() and any(target.iterdir()):
+        raise CliError(f"{target} is not empty", EXIT_USAGE)
+    params = {k: v for k, v in {"tenant": args.tenant, "since": args.since, "until": args.until}.items() if v}
+    import requests
+
+    try:
+        response = client.session.get(client.url + "/api/v1/audit/export", params=params, stream=True, timeout=3600)
+    except requests.RequestException as exc:
+        raise CliError(f"cannot reach {client.url}: {exc}") from None
+    if response.status_code >= 400:
+        try:
+            body = response.json()
+            message = f"{body.get('message')} [{body.get('code')}]"
+        except ValueError:
+            message = response.text[:300]
+        raise CliError(f"error {response.status_code}: {message}")
+    entries = int(response.headers.get("X-Audit-Entries", "0"))
+    print(f"exporting {entries:,} entries (positions {response.headers.get('X-Audit-Range')}, "
+          f"checkpoint {response.headers.get('X-Audit-Checkpoint-Size')})", file=err)
+    target.mkdir(parents=True, exist_ok=True)
+    received = 0
+
+    class Counting:
+        def __init__(self, raw):
+            self.raw = raw
+
+        def read(self, n=-1):
+            nonlocal received
+            chunk = self.raw.read(n)
+            received += len(chunk)
+            _progress(err, received // 1024, None, "KiB received")
+            return chunk
+
+    response.raw.decode_content = True
+    with tarfile.open(fileobj=Counting(response.raw), mode="r|gz") as tar:
+        for member in tar:
+            name = Path(member.name)
+            if not member.isfile() and not member.isdir() or name.is_absolute() or ".." in name.parts:
+                raise CliError(f"refusing unsafe archive member {member.name!r}")
+            parts = name.parts[1:]  # drop the archive's top folder
+            if not parts:
+                continue
+            dest = target.joinpath(*parts)
+            if member.isdir():
+                dest.mkdir(parents=True, exist_ok=True)
+                continue
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            source = tar.extractfile(member)
+            with open(dest, "wb") as sink:
+                while chunk := source.read(1 << 20):
+                    sink.write(chunk)
+    print(file=err)
+    print(f"bundle written to {target}; check it with: gatehouse audit verify {target}", file=out)
+    return EXIT_OK
+
+
+def cmd_audit_verify(args, out, err) -> int:
+    from audit import verifier
+
+    argv = [args.directory]
+    for key in args.trusted_key or []:
+        argv += ["--trusted-key", key]
+    if args.trusted_checkpoint:
+        argv += ["--trusted-checkpoint", args.trusted_checkpoint]
+    return verifier.main(argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gatehouse", description=__doc__.splitlines()[0])
     parser.add_argument("--server", help="Gatehouse URL (default $GATEHOUSE_URL or http://127.0.0.1:8000)")
@@ -216,6 +296,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", help="JSON file with the form input ('-' for standard input)")
     p.add_argument("--comment", default="")
     p.set_defaults(func=cmd_gate_decide)
+
+    audit = groups.add_parser("audit", help="the audit log").add_subparsers(dest="command", required=True)
+    p = audit.add_parser("export", help="download a signed audit bundle (auditors)")
+    p.add_argument("--out", required=True, help="an empty or new directory")
+    p.add_argument("--tenant", help="one tenant's log (platform auditors; tenant auditors get their own)")
+    p.add_argument("--since", help="ISO 8601 time, e.g. 2026-11-01T00:00:00Z")
+    p.add_argument("--until", help="ISO 8601 time")
+    p.set_defaults(func=cmd_audit_export)
+    p = audit.add_parser("verify", help="verify a bundle offline (exit 0 valid, 1 tampered, 2 usage)")
+    p.add_argument("directory")
+    p.add_argument("--trusted-key", action="append", help="a verifier key string (or a file holding one) to trust")
+    p.add_argument("--trusted-checkpoint", help="a checkpoint saved from an earlier export")
+    p.set_defaults(func=cmd_audit_verify)
     return parser
 
 

@@ -59,6 +59,14 @@ def task_transition(
         setattr(task, name, value)
     if save:
         task.save(update_fields=sorted(changed))
+    from audit.services import audit_append
+
+    audit_append(
+        event="task.transition", tenant_id=task.tenant_id, actor=actor, object_type="task", object_id=str(task.id),
+        label=task.classification,
+        data={"run": str(task.run_id), "task": task.key, "to": to_state, "attempt": task.attempt,
+              "transition": transition_id, "reason": reason[:500]},
+    )
     return True
 
 
@@ -114,6 +122,15 @@ def _bulk_transition(tasks: list[TaskInstance], to_state: str, *, id_prefix: str
         for name, value in fields.items():
             setattr(task, name, value)
     TaskTransition.objects.bulk_create(history)
+    from audit.services import audit_append_many
+
+    audit_append_many([
+        {"event": "task.transition", "tenant_id": t.tenant_id, "object_type": "task", "object_id": t.id,
+         "label": t.classification,
+         "data": {"run": str(t.run_id), "task": t.key, "to": to_state, "attempt": h.attempt,
+                  "transition": h.transition_id, "reason": reason[:500]}}
+        for t, h in zip(tasks, history)
+    ])
     update = {"state": to_state, "reason": reason, "state_changed_at": now, **fields}
     if to_state in TASK_TERMINAL:
         update["finished_at"] = now
@@ -211,7 +228,7 @@ def run_close_if_done(run_id) -> Run | None:
     run.save(update_fields=["state", "reason", "finished_at"])
     from audit.services import audit_append
 
-    audit_append(event="run.finished", tenant_id=run.tenant_id, obj=run, data={"state": run.state, "reason": run.reason})
+    audit_append(event="run.finished", tenant_id=run.tenant_id, obj=run, data={"state": run.state, "reason": run.reason[:500]})
     return run
 
 

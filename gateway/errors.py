@@ -76,8 +76,31 @@ _DRF_CODES = {
 }
 
 
+def _record(request, status: int, code: str, message: str) -> None:
+    """Every denial (401, 403, 404) and every refused write is recorded, durably: DRF views run
+    outside a transaction, so the entry commits even though the request changed nothing."""
+    from audit.services import audit_append
+
+    if status in (401, 403, 404):
+        event, outcome = "access.denied", "denied"
+    elif request.method not in ("GET", "HEAD", "OPTIONS") and 400 <= status < 500:
+        event, outcome = "request.refused", "error"
+    else:
+        return
+    user = getattr(request, "user", None)
+    membership = getattr(user, "membership", None) if user is not None and user.is_authenticated else None
+    audit_append(
+        event=event, actor=user, tenant_id=membership.tenant_id if membership else None, outcome=outcome,
+        error_code=code, data={"method": request.method, "path": request.path[:500], "status": status,
+                               "message": message[:300]},
+    )
+
+
 def exception_handler(exc, context):
+    request = context.get("request")
     if isinstance(exc, GatehouseError):
+        if request is not None:
+            _record(request, exc.status, exc.code, exc.message)
         return Response({"code": exc.code, "message": exc.message, "detail": exc.detail}, status=exc.status)
     if isinstance(exc, Http404):
         exc = drf.NotFound()
@@ -92,4 +115,6 @@ def exception_handler(exc, context):
     else:
         message, detail = str(getattr(exc, "detail", exc)), None
     response.data = {"code": code, "message": message, "detail": detail}
+    if request is not None:
+        _record(request, response.status_code, code, message)
     return response

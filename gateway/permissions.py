@@ -24,3 +24,10 @@ class CanSubmit(IsTenantMember):
         if request.method in ("GET", "HEAD", "OPTIONS"):
             return super().has_permission(request, view)
         return super().has_permission(request, view) and has_role(request.user, Role.AUTHOR, Role.TENANT_ADMIN)
+
+
+class IsAuditor(IsTenantMember):
+    message = "The audit log is open to auditors only."
+
+    def has_permission(self, request, view) -> bool:
+        return super().has_permission(request, view) and has_role(request.user, Role.AUDITOR, Role.PLATFORM_AUDITOR)

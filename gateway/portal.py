@@ -10,6 +10,7 @@ from django.shortcuts import redirect, render
 
 from approvals import selectors as gate_selectors
 from approvals.services import gate_decide
+from audit.services import audit_append
 
 from . import selectors
 from .errors import GatehouseError
@@ -58,5 +59,6 @@ def gate_page(request, gate_id):
             else:
                 messages.success(request, "Your decision was recorded.")
                 return redirect("run-page", run_id=gate.run_id)
+    audit_append(event="gate.read", tenant_id=gate.tenant_id, actor=request.user, obj=gate)
     form_example = json.dumps(gate.form.get("examples", [{}])[0] if gate.form else {}, indent=2)
     return render(request, "gate.html", {"gate": gate, "form_schema": json.dumps(gate.form, indent=2) if gate.form else "", "form_example": form_example})

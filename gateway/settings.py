@@ -55,6 +55,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "audit.context.AuditContextMiddleware",  # first: every later refusal is recorded with its request
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -98,6 +99,12 @@ else:
     DATABASES["default"].setdefault("TEST", {})["NAME"] = env.str(
         "GATEHOUSE_TEST_DATABASE", default="test_gatehouse"
     )
+    if PROFILE == "test" and env.bool("GATEHOUSE_DB_ALLOW_AUDIT_PURGE", default=False):
+        # Lets the suite's flush (TRUNCATE, as the owner) past the audit log's append-only triggers.
+        # The application role is refused by privileges whatever this says (audit/db_privileges.py).
+        DATABASES["default"].setdefault("OPTIONS", {})["options"] = "-c gatehouse.audit_purge=on"
+# The role the application runs as: INSERT and SELECT only on the audit log (audit/db_privileges.py).
+GATEHOUSE_DB_APP_ROLE = env.str("GATEHOUSE_DB_APP_ROLE", default="gatehouse_app")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTHENTICATION_BACKENDS = [
@@ -214,6 +221,37 @@ GATEHOUSE_SPEC_LIMITS = {
 # Largest analyst form input accepted with a decision.
 GATEHOUSE_MAX_DECISION_INPUT_BYTES = env.int("GATEHOUSE_MAX_DECISION_INPUT_BYTES", default=1_000_000)
 DATA_UPLOAD_MAX_MEMORY_SIZE = GATEHOUSE_SPEC_LIMITS["max_bytes"] + 65536
+
+# The audit log.
+_hmac_key = env.str("GATEHOUSE_AUDIT_HMAC_KEY", default="")
+if PROFILE == "production" and len(_hmac_key) < 32:
+    raise ImproperlyConfigured("production needs GATEHOUSE_AUDIT_HMAC_KEY (at least 32 characters)")
+# Secrets in audit entries are stored as HMACs under this key (never in clear).
+GATEHOUSE_AUDIT_HMAC_KEY = (_hmac_key or "audit-hmac:" + SECRET_KEY).encode("utf-8")
+GATEHOUSE_AUDIT = {
+    # The log's name in every checkpoint (C2SP checkpoint origin line).
+    "ORIGIN": env.str("GATEHOUSE_AUDIT_ORIGIN", default="gatehouse.local/audit"),
+    # "file": an Ed25519 key in KEY_FILE (created on first use outside production);
+    # "vault": OpenBao/Vault Transit key VAULT_KEY, reached with AppRole VAULT_ROLE_ID/VAULT_SECRET_ID.
+    "SIGNER": env.str("GATEHOUSE_AUDIT_SIGNER", default="file"),
+    "KEY_FILE": env.str("GATEHOUSE_AUDIT_KEY_FILE", default=str(VAR_DIR / "keys" / "audit-log.key")),
+    "KEY_NAME": env.str("GATEHOUSE_AUDIT_KEY_NAME", default="gatehouse-audit"),
+    "VAULT_URL": env.str("GATEHOUSE_VAULT_URL", default=""),
+    "VAULT_ROLE_ID": env.str("GATEHOUSE_VAULT_ROLE_ID", default=""),
+    "VAULT_SECRET_ID": env.str("GATEHOUSE_VAULT_SECRET_ID", default=""),
+    "VAULT_KEY": env.str("GATEHOUSE_AUDIT_VAULT_KEY", default="gatehouse-audit"),
+    "VAULT_MOUNT": env.str("GATEHOUSE_AUDIT_VAULT_MOUNT", default="transit"),
+    # A checkpoint is signed every CHECKPOINT_ENTRIES entries or CHECKPOINT_SECONDS seconds.
+    "CHECKPOINT_ENTRIES": env.int("GATEHOUSE_AUDIT_CHECKPOINT_ENTRIES", default=1000),
+    "CHECKPOINT_SECONDS": env.float("GATEHOUSE_AUDIT_CHECKPOINT_SECONDS", default=10.0),
+    # Checkpoints are also written here, outside the database (a directory, or s3://bucket/prefix).
+    "CHECKPOINT_STORE": env.str("GATEHOUSE_AUDIT_CHECKPOINT_STORE", default=str(VAR_DIR / "audit-checkpoints")),
+    # The sequencer places committed entries in the log at least this often (seconds).
+    "SEQUENCER_INTERVAL": env.float("GATEHOUSE_AUDIT_SEQUENCER_INTERVAL", default=0.2),
+    "SEQUENCER_BATCH": env.int("GATEHOUSE_AUDIT_SEQUENCER_BATCH", default=5000),
+    # An entry placed longer than this after its action is reported by the verifier as backdated.
+    "MAX_INTEGRATION_LAG_SECONDS": env.int("GATEHOUSE_AUDIT_MAX_INTEGRATION_LAG_SECONDS", default=3600),
+}
 
 LOGGING = {
     "version": 1,

@@ -1,10 +1,10 @@
 from django.contrib import admin
-from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 
 from approvals.api import views as gate_views
-from gateway import portal
+from audit.api import views as audit_views
+from gateway import auth_views, portal
 from gateway.api import views as api
 
 api_v1 = [
@@ -19,12 +19,15 @@ api_v1 = [
     path("gates", gate_views.GateListApi.as_view(), name="gate-list"),
     path("gates/<uuid:gate_id>", gate_views.GateDetailApi.as_view(), name="gate-detail"),
     path("gates/<uuid:gate_id>/decide", gate_views.GateDecideApi.as_view(), name="gate-decide"),
+    path("audit/entries", audit_views.AuditEntryListApi.as_view(), name="audit-entries"),
+    path("audit/export", audit_views.AuditExportApi.as_view(), name="audit-export"),
+    path("audit/checkpoints/latest", audit_views.AuditCheckpointLatestApi.as_view(), name="audit-checkpoint-latest"),
 ]
 
 urlpatterns = [
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("login/", auth_views.LoginView.as_view(template_name="login.html"), name="login"),
+    path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("", portal.home, name="home"),

@@ -30,6 +30,8 @@ from executors.base import (
 )
 from executors.registry import get_executor
 
+from audit.services import audit_append
+
 from .artefacts import ArtefactError
 from .choices import TaskState
 from .dispatch import dispatch_on_commit, retry_on_commit
@@ -67,6 +69,8 @@ def task_claim(task_id: int, attempt: int) -> TaskInstance | None:
 class Outcome:
     status: JobStatus
     outputs: list[tuple[str, str, int, str]] = field(default_factory=list)  # name, digest, size, media type
+    handle: JobHandle | None = None  # the backend's job, once submitted
+    submitted_at: str = ""
 
 
 class _Heartbeat:
@@ -153,6 +157,7 @@ def task_run(task: TaskInstance, attempt: int) -> Outcome:
             labels={"run_id": str(task.run_id), "task_id": task.key, "attempt": str(attempt)},
         )
         handle = executor.submit(request)
+        submitted_at = timezone.now().isoformat()
         heartbeat.handle = handle
         status = executor.wait(
             handle,
@@ -166,7 +171,7 @@ def task_run(task: TaskInstance, attempt: int) -> Outcome:
         if ok and collected.missing:
             status = JobStatus(JobState.FAILED, status.exit_code, "missing outputs: " + ", ".join(collected.missing))
             ok = False
-        return Outcome(status, _store_outputs(task, collected, declared=ok))
+        return Outcome(status, _store_outputs(task, collected, declared=ok), handle, submitted_at)
     except (ExecutorError, ArtefactError) as exc:
         return Outcome(JobStatus(JobState.FAILED, None, f"{exc.code}: {exc}"))
     finally:
@@ -197,6 +202,16 @@ def task_finish(task_id: int, attempt: int, outcome: Outcome) -> str:
                 for name, digest, size, media_type in outcome.outputs
             ]
         )
+        if outcome.handle is not None:
+            # Recorded with the attempt's end: a synchronous backend submits and finishes in one
+            # worker call, and the entry keeps the submission's own time.
+            audit_append(
+                event="executor.submitted", tenant_id=task.tenant_id, object_type="task", object_id=str(task.id),
+                label=task.classification,
+                data={"run": str(task.run_id), "task": task.key, "attempt": attempt, "backend": outcome.handle.backend,
+                      "external_id": outcome.handle.external_id, "submitted_at": outcome.submitted_at,
+                      "worker": task.worker},
+            )
         status = outcome.status
         if status.state == JobState.SUCCEEDED:
             task_transition(

@@ -10,6 +10,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from approvals import selectors, services
+from audit.services import audit_append
 from gateway.errors import ErrorCode, GatehouseError
 
 from .serializers import DecisionSerializer, GateDecideSerializer, GateDetailSerializer, GateSerializer
@@ -39,7 +40,9 @@ class GateListApi(APIView):
 class GateDetailApi(APIView):
     @extend_schema(responses=GateDetailSerializer)
     def get(self, request, gate_id):
-        return Response(GateDetailSerializer(selectors.gate_get_for_user(gate_id, request.user)).data)
+        gate = selectors.gate_get_for_user(gate_id, request.user)
+        audit_append(event="gate.read", tenant_id=gate.tenant_id, actor=request.user, obj=gate)
+        return Response(GateDetailSerializer(gate).data)
 
 
 class GateDecideApi(APIView):

@@ -10,6 +10,7 @@ from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from audit.services import audit_append
 from gateway import selectors, services
 from gateway.artefacts import ArtefactError
 from gateway.errors import ErrorCode, GatehouseError
@@ -112,6 +113,9 @@ class ArtefactContentApi(APIView):
                 # Headers are gone already: end the stream short so the client's digest check fails.
                 return
 
+        audit_append(event="artefact.read", tenant_id=artefact.tenant_id, actor=request.user, obj=artefact,
+                     data={"run": str(artefact.run_id), "task": artefact.task.key, "name": artefact.name,
+                           "digest": artefact.digest})
         response = StreamingHttpResponse(chunks(), content_type=artefact.media_type)
         response["Content-Length"] = str(artefact.size)
         response["Digest"] = f"sha-256={artefact.digest}"

@@ -7,7 +7,7 @@ import hashlib
 import pytest
 
 from approvals.models import Decision, Gate
-from audit.models import AuditEvent
+from audit.models import AuditEntry
 from gateway.models import Run, TaskInstance
 from gateway.worker import task_execute
 
@@ -38,7 +38,7 @@ def test_submit_yaml_and_read_the_run_back(recording, api, author):
     assert body["tasks"][0]["state"] == "QUEUED"
     detail = api(author).get(f"/api/v1/runs/{body['id']}").json()
     assert detail["counts"] == {"QUEUED": 1, "PENDING": 2}
-    assert AuditEvent.objects.filter(event="run.submitted", object_id=body["id"]).count() == 1
+    assert AuditEntry.objects.filter(event="run.submitted", object_id=body["id"]).count() == 1
 
 
 def test_submit_as_json_and_as_an_uploaded_file(recording, api, author):

@@ -106,7 +106,7 @@ def processes(transactional_db, shared_artefacts, tmp_path):
     env = {
         **os.environ,
         "GATEHOUSE_PROFILE": "test",
-        "GATEHOUSE_DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "GATEHOUSE_DATABASE_URL": f"postgres://gatehouse_app:gatehouse_app@{db['HOST']}:{db['PORT']}/{db['NAME']}",
         "GATEHOUSE_BROKER_URL": settings.CELERY_BROKER_URL,
         "GATEHOUSE_ARTEFACT_ROOT": str(shared_artefacts / "artefacts"),
         "GATEHOUSE_WORKDIR_ROOT": str(shared_artefacts / "work"),
@@ -117,6 +117,7 @@ def processes(transactional_db, shared_artefacts, tmp_path):
         "PYTHONUNBUFFERED": "1",
     }
     env.pop("GATEHOUSE_ARTEFACT_S3_BUCKET", None)
+    env.pop("GATEHOUSE_DB_ALLOW_AUDIT_PURGE", None)  # the workers run as the app role, as in production
     logdir = tmp_path / "logs"
     logdir.mkdir()
     procs = Processes(env, logdir)

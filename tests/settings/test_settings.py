@@ -33,8 +33,13 @@ def test_production_refuses_to_start_with_debug_on():
     assert result.returncode != 0 and "DEBUG" in result.stderr
 
 
-def test_production_starts_with_a_secret_and_debug_off():
-    result = start(GATEHOUSE_PROFILE="production", GATEHOUSE_SECRET_KEY="s" * 40,
+def test_production_refuses_to_start_without_an_audit_hmac_key():
+    result = start(GATEHOUSE_PROFILE="production", GATEHOUSE_SECRET_KEY="s" * 40)
+    assert result.returncode != 0 and "GATEHOUSE_AUDIT_HMAC_KEY" in result.stderr
+
+
+def test_production_starts_with_its_secrets_and_debug_off():
+    result = start(GATEHOUSE_PROFILE="production", GATEHOUSE_SECRET_KEY="s" * 40, GATEHOUSE_AUDIT_HMAC_KEY="h" * 40,
                    GATEHOUSE_DATABASE_URL="postgres://u:p@127.0.0.1:5432/x")
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "django.db.backends.postgresql"]

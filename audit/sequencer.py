@@ -1,0 +1,188 @@
+"""The sequencer: places committed audit entries in the log, in batches.
+
+Actions only INSERT their entry (no lock, so concurrent actions never queue on the log). The
+sequencer, one at a time under the global head row's lock, takes the queued entries in commit-
+visible order, gives each its position in the global log and in its tenant's log, chains it to
+the previous entry's hash in both, stores the canonical leaf bytes and the hashes of the Merkle
+subtrees it completes, and signs a checkpoint every N entries or T seconds. The window between
+an action's commit and its entry's integration is the sequencer's interval plus one batch.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from .canonical import canonical, rfc3339
+from .models import AuditCheckpoint, AuditEntry, AuditHead, AuditLeaf, AuditNode, AuditPending
+
+log = logging.getLogger(__name__)
+GLOBAL = "global"
+ZERO = "0" * 64
+
+
+def tenant_tree(tenant_id: int) -> str:
+    return f"tenant:{tenant_id}"
+
+
+def leaf_hash(data: bytes) -> bytes:
+    return hashlib.sha256(b"\x00" + data).digest()
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+def frontier_root(frontier: list[bytes]) -> bytes:
+    """RFC 6962 root of [0, size) from its compact range (perfect subtrees, largest first)."""
+    if not frontier:
+        return hashlib.sha256(b"").digest()
+    root = frontier[-1]
+    for left in reversed(frontier[:-1]):
+        root = node_hash(left, root)
+    return root
+
+
+class _Tree:
+    """A tree's head while a batch is placed: appends leaves, collects completed subtrees."""
+
+    def __init__(self, head: AuditHead):
+        self.head = head
+        self.size = head.size
+        self.frontier = [bytes.fromhex(h) for h in head.frontier]
+        self.last_hash = head.last_hash
+        self.nodes: list[AuditNode] = []
+
+    def append(self, digest: bytes) -> None:
+        n, level, current = self.size, 0, digest
+        while (n >> level) & 1:
+            current = node_hash(self.frontier.pop(), current)
+            level += 1
+            self.nodes.append(AuditNode(tree=self.head.tree, level=level, index=n >> level, hash=current))
+        self.frontier.append(current)
+        self.size += 1
+        self.last_hash = digest.hex()
+
+    def save(self, integrated_at) -> None:
+        self.head.size = self.size
+        self.head.frontier = [h.hex() for h in self.frontier]
+        self.head.last_hash = self.last_hash
+        self.head.last_integrated_at = integrated_at
+        self.head.save(update_fields=["size", "frontier", "last_hash", "last_integrated_at"])
+
+
+def _head(tree: str, tenant_id=None, *, lock: bool = False) -> AuditHead:
+    head, _ = AuditHead.objects.get_or_create(tree=tree, defaults={"tenant_id": tenant_id})
+    if lock:
+        head = AuditHead.objects.select_for_update().get(tree=tree)
+    return head
+
+
+def integrate(*, batch: int | None = None, now=None) -> int:
+    """Place up to `batch` queued entries. Returns how many were placed."""
+    config = settings.GATEHOUSE_AUDIT
+    # A batch never spans more than CHECKPOINT_ENTRIES, so the global log gets a checkpoint at
+    # least every CHECKPOINT_ENTRIES entries however large the backlog.
+    batch = min(batch or config["SEQUENCER_BATCH"], config["CHECKPOINT_ENTRIES"])
+    signed: list[AuditCheckpoint] = []
+    with transaction.atomic():
+        global_head = _head(GLOBAL, lock=True)  # one sequencer at a time
+        ids = list(AuditPending.objects.order_by("entry_id").values_list("entry_id", flat=True)[:batch])
+        now = now or timezone.now()
+        if ids:
+            trees = {GLOBAL: _Tree(global_head)}
+            entries = AuditEntry.objects.filter(id__in=ids).select_related("tenant").order_by("id")
+            previous = global_head.last_integrated_at
+            integrated_at = max(now, previous) if previous else now  # never goes backwards
+            stamp = rfc3339(integrated_at)
+            leaves = []
+            for entry in entries:
+                glob = trees[GLOBAL]
+                record = {"v": 1, "seq": glob.size, "prev": glob.last_hash, "at": rfc3339(entry.at),
+                          "integrated_at": stamp, "tenant": None, "tenant_seq": None, "tenant_prev": None,
+                          **entry.body}
+                tenant_state = None
+                if entry.tenant_id is not None:
+                    key = tenant_tree(entry.tenant_id)
+                    tenant_state = trees.get(key) or trees.setdefault(key, _Tree(_head(key, entry.tenant_id)))
+                    record.update(tenant=entry.tenant.slug, tenant_seq=tenant_state.size, tenant_prev=tenant_state.last_hash)
+                data = canonical(record)
+                digest = leaf_hash(data)
+                leaves.append(AuditLeaf(seq=glob.size, entry_id=entry.id, tenant_id=entry.tenant_id,
+                                        tenant_seq=record["tenant_seq"], leaf=data, leaf_hash=digest,
+                                        integrated_at=integrated_at))
+                glob.append(digest)
+                if tenant_state is not None:
+                    tenant_state.append(digest)
+            AuditLeaf.objects.bulk_create(leaves, batch_size=2000)
+            AuditNode.objects.bulk_create([n for t in trees.values() for n in t.nodes], batch_size=5000)
+            AuditPending.objects.filter(entry_id__in=ids).delete()
+            for tree in trees.values():
+                tree.save(integrated_at)
+        signed = _checkpoint_due(now)
+    if signed:
+        _witness_after_commit(signed)
+    return len(ids)
+
+
+def _checkpoint_due(now, *, force: bool = False) -> list[AuditCheckpoint]:
+    """Sign a checkpoint for every tree that grew by CHECKPOINT_ENTRIES, or grew and waited
+    CHECKPOINT_SECONDS, since its last one (or any growth, when forced)."""
+    config = settings.GATEHOUSE_AUDIT
+    every, seconds = config["CHECKPOINT_ENTRIES"], timedelta(seconds=config["CHECKPOINT_SECONDS"])
+    heads = AuditHead.objects.filter(size__gt=F("checkpoint_size"))
+    signed = []
+    for head in heads:
+        due = force or head.size - head.checkpoint_size >= every or head.checkpoint_at is None \
+            or now - head.checkpoint_at >= seconds
+        if due:
+            signed.append(_sign(head, now))
+    return signed
+
+
+def _sign(head: AuditHead, now) -> AuditCheckpoint:
+    from .keys import get_signer
+    from .note import checkpoint_text, sign_note
+
+    signer = get_signer()
+    root = frontier_root([bytes.fromhex(h) for h in head.frontier])
+    origin = origin_of(head.tree, head.tenant.slug if head.tenant_id else None)
+    text = checkpoint_text(origin, head.size, root, time=now)
+    note = sign_note(text, [signer])
+    checkpoint = AuditCheckpoint.objects.create(
+        tree=head.tree, size=head.size, root=root.hex(), note=note.decode("utf-8"),
+        key_id=f"{signer.key_id:08x}", created_at=now,
+    )
+    head.checkpoint_size, head.checkpoint_at = head.size, now
+    head.save(update_fields=["checkpoint_size", "checkpoint_at"])
+    return checkpoint
+
+
+def origin_of(tree: str, tenant_slug: str | None) -> str:
+    origin = settings.GATEHOUSE_AUDIT["ORIGIN"]
+    return origin if tree == GLOBAL else f"{origin}/tenant/{tenant_slug}"
+
+
+def _witness_after_commit(checkpoints: list[AuditCheckpoint]) -> None:
+    from .witness import get_witness
+
+    witness = get_witness()
+    for checkpoint in checkpoints:
+        witness.write(checkpoint.tree, checkpoint.size, checkpoint.note.encode("utf-8"))
+
+
+def checkpoint_now() -> list[AuditCheckpoint]:
+    """Place everything queued and sign a checkpoint of every tree that grew (before an export)."""
+    while integrate():
+        pass
+    with transaction.atomic():
+        _head(GLOBAL, lock=True)
+        signed = _checkpoint_due(timezone.now(), force=True)
+    if signed:
+        _witness_after_commit(signed)
+    return signed

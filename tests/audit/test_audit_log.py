@@ -1,0 +1,240 @@
+"""The audit log on the server: one way in, fail closed, denials durable, secrets never in
+clear, the sequencer's chains and trees, signed checkpoints inside and outside the database."""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+
+import pytest
+from django.db import connection, connections, transaction
+
+from audit.canonical import canonical
+from audit.models import AuditCheckpoint, AuditEntry, AuditHead, AuditLeaf, AuditNode, AuditPending
+from audit.note import NoteVerifier, open_note, parse_checkpoint
+from audit.sequencer import GLOBAL, frontier_root, integrate, leaf_hash, node_hash, tenant_tree
+from audit.services import audit_append, hmac_value
+from audit.witness import get_witness
+from gateway.models import Run
+
+from tests.engine.driver import submit
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def audit_settings(settings, tmp_path, artefact_root):
+    settings.GATEHOUSE_AUDIT = {
+        **settings.GATEHOUSE_AUDIT,
+        "KEY_FILE": str(tmp_path / "keys" / "audit.key"),
+        "CHECKPOINT_STORE": str(tmp_path / "witness"),
+        "CHECKPOINT_ENTRIES": 50,
+        "CHECKPOINT_SECONDS": 3600,
+    }
+    from audit.keys import forget_signer
+    from audit.witness import _witness
+
+    forget_signer()
+    _witness.cache_clear()
+    yield
+    forget_signer()
+    _witness.cache_clear()
+
+
+def mth(hashes: list[bytes]) -> bytes:
+    """RFC 6962 Merkle tree hash, written out independently of the sequencer's frontier."""
+    if not hashes:
+        return hashlib.sha256(b"").digest()
+    if len(hashes) == 1:
+        return hashes[0]
+    k = 1
+    while k * 2 < len(hashes):
+        k *= 2
+    return node_hash(mth(hashes[:k]), mth(hashes[k:]))
+
+
+def check_log() -> None:
+    """Every leaf chained, positioned and hashed right, globally and per tenant; heads' roots equal
+    the RFC 6962 roots over the leaves; every stored node is the hash of its subtree."""
+    leaves = list(AuditLeaf.objects.order_by("seq"))
+    assert [leaf.seq for leaf in leaves] == list(range(len(leaves)))
+    prev, per_tenant = "0" * 64, {}
+    for leaf in leaves:
+        data = bytes(leaf.leaf)
+        record = json.loads(data)
+        assert bytes(leaf.leaf_hash) == leaf_hash(data) and canonical(record) == data
+        assert record["seq"] == leaf.seq and record["prev"] == prev
+        prev = bytes(leaf.leaf_hash).hex()
+        if leaf.tenant_id is not None:
+            chain = per_tenant.setdefault(leaf.tenant_id, [])
+            assert record["tenant_seq"] == len(chain)
+            assert record["tenant_prev"] == (bytes(chain[-1].leaf_hash).hex() if chain else "0" * 64)
+            chain.append(leaf)
+    hashes = [bytes(leaf.leaf_hash) for leaf in leaves]
+    head = AuditHead.objects.get(tree=GLOBAL)
+    assert head.size == len(leaves)
+    assert frontier_root([bytes.fromhex(h) for h in head.frontier]) == mth(hashes)
+    for tenant_id, chain in per_tenant.items():
+        tenant_head = AuditHead.objects.get(tree=tenant_tree(tenant_id))
+        assert frontier_root([bytes.fromhex(h) for h in tenant_head.frontier]) == mth([bytes(x.leaf_hash) for x in chain])
+    for node in AuditNode.objects.filter(tree=GLOBAL):
+        size = 1 << node.level
+        assert bytes(node.hash) == mth(hashes[node.index * size:(node.index + 1) * size])
+
+
+def test_an_action_and_its_entry_commit_together_or_not_at_all(tenant, author, recording):
+    with pytest.raises(RuntimeError):
+        with transaction.atomic():
+            submit(tenant, author, {"id": "a"})
+            raise RuntimeError("the action fails after its audit entry was written")
+    assert Run.objects.count() == 0
+    assert not AuditEntry.objects.filter(event="run.submitted").exists()
+
+
+def test_a_failing_audit_write_fails_the_action(tenant, author, recording):
+    if connection.vendor != "postgresql":
+        pytest.skip("injects the failure with a PostgreSQL trigger")
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE FUNCTION gh_test_fail() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'audit storage down'; END $$")
+        cursor.execute("CREATE TRIGGER gh_test_fail BEFORE INSERT ON audit_auditentry FOR EACH ROW EXECUTE FUNCTION gh_test_fail()")
+    try:
+        with pytest.raises(Exception, match="audit storage down"):
+            submit(tenant, author, {"id": "a"})
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TRIGGER gh_test_fail ON audit_auditentry")
+            cursor.execute("DROP FUNCTION gh_test_fail()")
+    assert Run.objects.count() == 0  # fail closed: no audit, no change
+
+
+def test_denials_and_refusals_are_recorded_even_though_nothing_else_changes(api, author, make_member, other_tenant, recording):
+    assert api().get("/api/v1/runs").status_code == 401
+    outsider = make_member(other_tenant, "analyst")
+    assert api(outsider).post("/api/v1/runs", data="x: 1", content_type="application/yaml").status_code == 403
+    assert api(author).get("/api/v1/runs/00000000-0000-0000-0000-000000000000").status_code == 404
+    assert api(author).post("/api/v1/runs", data="tasks: [", content_type="application/yaml").status_code == 400
+    denied = list(AuditEntry.objects.filter(event="access.denied").order_by("id"))
+    assert [e.body["error"] for e in denied] == ["not_authenticated", "permission_denied", "not_found"]
+    assert denied[1].actor_id == outsider.id and denied[1].tenant_id == other_tenant.id
+    assert denied[2].body["where"]["request_id"] and denied[2].body["actor"]["auth"] == "token"
+    refused = AuditEntry.objects.get(event="request.refused")
+    assert refused.body["error"] == "spec_invalid" and refused.outcome == "error"
+
+
+def test_logins_logouts_and_failed_logins_are_recorded(client, author):
+    page = client.get("/login/")
+    assert page.status_code == 200
+    bad = client.post("/login/", {"username": "author", "password": "wrong"})
+    assert bad.status_code == 200
+    good = client.post("/login/", {"username": "author", "password": "pw"})
+    assert good.status_code == 302
+    client.post("/logout/")
+    events = list(AuditEntry.objects.filter(event__startswith="auth.").order_by("id").values_list("event", "outcome"))
+    assert events == [("auth.login_failed", "denied"), ("auth.login", "success"), ("auth.logout", "success")]
+    failed = AuditEntry.objects.get(event="auth.login_failed")
+    assert failed.body["data"]["username"] == hmac_value("author")
+
+
+def test_secrets_never_appear_in_clear(tenant):
+    audit_append(event="member.created", tenant=tenant, data={"token": "s3cr3t-token", "nested": {"password": "hunter2"}},
+                 secrets={"secret_id": "approle-secret"})
+    integrate()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT body::text FROM audit_auditentry")
+        bodies = " ".join(row[0] for row in cursor.fetchall())
+    leaves = b" ".join(bytes(x) for x in AuditLeaf.objects.values_list("leaf", flat=True))
+    for secret in ("s3cr3t-token", "hunter2", "approle-secret"):
+        assert secret not in bodies and secret.encode() not in leaves
+    assert hmac_value("hunter2") in bodies
+
+
+def test_floats_and_unknown_events_are_refused():
+    with pytest.raises(ValueError, match="floats"):
+        audit_append(event="tenant.created", data={"ratio": 0.5})
+    with pytest.raises(ValueError, match="unknown audit event"):
+        audit_append(event="made.up")
+    assert AuditEntry.objects.count() == 0
+
+
+def test_engine_transitions_are_recorded(tenant, author, recording):
+    run = submit(tenant, author, {"id": "a"}, {"id": "b", "needs": ["a"]})
+    moves = AuditEntry.objects.filter(event="task.transition", tenant=tenant)
+    assert {(e.body["data"]["task"], e.body["data"]["to"]) for e in moves} == {("a", "QUEUED")}
+    assert AuditEntry.objects.filter(event="run.submitted", object_id=str(run.id)).count() == 1
+
+
+def test_the_sequencer_chains_entries_globally_and_per_tenant(make_tenant):
+    t1, t2 = make_tenant(), make_tenant()
+    for i in range(130):
+        audit_append(event="tenant.created", tenant=[t1, t2, None][i % 3], data={"i": i})
+    assert integrate(batch=40) == 40
+    while integrate(batch=40):
+        pass
+    assert AuditPending.objects.count() == 0
+    check_log()
+    # the two tenant creations come first (made by make_tenant)
+    assert AuditHead.objects.get(tree=tenant_tree(t1.id)).size == 44 + 1
+
+
+def test_checkpoints_are_signed_and_kept_outside_the_database(make_tenant):
+    tenant = make_tenant()
+    for i in range(120):
+        audit_append(event="tenant.created", tenant=tenant, data={"i": i})
+    integrate()
+    checkpoints = list(AuditCheckpoint.objects.filter(tree=GLOBAL).order_by("size"))
+    assert checkpoints, "a checkpoint every 50 entries"
+    from audit.models import AuditKey
+
+    verifiers = [NoteVerifier(k) for k in AuditKey.objects.values_list("verifier_key", flat=True)]
+    outside = get_witness().read_all(GLOBAL)
+    for checkpoint in checkpoints:
+        text, names = open_note(checkpoint.note.encode(), verifiers)
+        parsed = parse_checkpoint(text)
+        assert parsed.size == checkpoint.size and parsed.root.hex() == checkpoint.root and parsed.time is not None
+        assert outside[checkpoint.size] == checkpoint.note.encode()
+    hashes = [bytes(h) for h in AuditLeaf.objects.order_by("seq").values_list("leaf_hash", flat=True)]
+    last = checkpoints[-1]
+    assert mth(hashes[: last.size]).hex() == last.root
+
+
+def test_eight_concurrent_writers_leave_one_valid_chain(make_tenant):
+    if connection.vendor != "postgresql":
+        pytest.skip("concurrent writers need PostgreSQL")
+    tenants = [make_tenant() for _ in range(3)]
+    writers, per_writer = 8, 300
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def write(n: int) -> None:
+        try:
+            for i in range(per_writer):
+                with transaction.atomic():
+                    audit_append(event="tenant.created", tenant=tenants[(n + i) % 3], data={"writer": n, "i": i})
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    def sequence() -> None:
+        try:
+            while not stop.is_set():
+                integrate(batch=500)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    sequencers = [threading.Thread(target=sequence) for _ in range(2)]  # two racing sequencers
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(writers)]
+    for t in sequencers + threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    for t in sequencers:
+        t.join()
+    assert not errors, errors
+    while integrate():
+        pass
+    assert AuditLeaf.objects.filter(entry__event="tenant.created", entry__body__data__writer__isnull=False).count() == writers * per_writer
+    check_log()
