@@ -11,6 +11,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
 from .models import AuditKey
+from .services import audit_append
 from .note import Ed25519NoteSigner
 
 _lock = threading.Lock()
@@ -52,11 +53,20 @@ def get_signer():
             else:
                 raise ImproperlyConfigured(f"unknown GATEHOUSE_AUDIT_SIGNER {config['SIGNER']!r}")
             _cached[cache_key] = signer
-    AuditKey.objects.get_or_create(
-        verifier_key=signer.verifier_key(),
-        defaults={"name": signer.name, "key_id": f"{signer.key_id:08x}", "backend": config["SIGNER"]},
-    )
+    _register(signer, config["SIGNER"])
     return signer
+
+
+def _register(signer, backend: str) -> None:
+    from .services import audit_append
+
+    key, created = AuditKey.objects.get_or_create(
+        verifier_key=signer.verifier_key(),
+        defaults={"name": signer.name, "key_id": f"{signer.key_id:08x}", "backend": backend},
+    )
+    if created:
+        audit_append(event="audit.key_created", object_type="auditkey", object_id=str(key.id),
+                     data={"name": key.name, "key_id": key.key_id, "backend": backend, "verifier_key": key.verifier_key})
 
 
 def forget_signer() -> None:
@@ -72,11 +82,13 @@ def rotate_file_key() -> str:
         old = Ed25519NoteSigner.from_key_string(path.read_text().strip())
         stamp = timezone.now().strftime("%Y%m%dT%H%M%S")
         path.rename(path.with_name(f"{path.name}.retired-{stamp}"))
-        AuditKey.objects.filter(verifier_key=old.verifier_key(), retired_at__isnull=True).update(retired_at=timezone.now())
+        retired = AuditKey.objects.filter(verifier_key=old.verifier_key(), retired_at__isnull=True)
+        for key in retired:
+            audit_append(event="audit.key_retired", object_type="auditkey", object_id=str(key.id),
+                         data={"name": key.name, "key_id": key.key_id})
+        retired.update(retired_at=timezone.now())
     forget_signer()
     name = f"{config['KEY_NAME']}-{timezone.now().strftime('%Y%m%d%H%M%S')}"
     signer = _file_signer(path, name)
-    AuditKey.objects.get_or_create(
-        verifier_key=signer.verifier_key(), defaults={"name": signer.name, "key_id": f"{signer.key_id:08x}", "backend": "file"}
-    )
+    _register(signer, "file")
     return signer.verifier_key()

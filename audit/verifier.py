@@ -22,6 +22,23 @@ entries streamed in order (``malformed``, ``entry_missing``, ``entry_order``, ``
 ``timestamp_backwards``, ``backdated``, ``root_mismatch`` at every checkpoint the entries reach), and
 last the auditor's trusted checkpoint (``truncated``, ``fork``, ``proof_missing``). ``malformed``
 can come from any stage.
+
+How the cases are told apart:
+
+* ``fork``: two signed checkpoints of one size with different roots; or a *shrinking log*, a
+  checkpoint dated later than a checkpoint of a larger size (the log, later, showed fewer entries);
+  or a trusted checkpoint that the bundle contradicts.
+* ``timestamp_backwards``: an entry integrated before the entry before it; or a checkpoint dated
+  more than ``CLOCK_SKEW_SECONDS`` before the ``integrated_at`` of the last entry it covers (reported
+  at that entry).
+* The chain link of entry ``p`` not matching entry ``p - 1`` is reported as ``entry_modified`` at
+  ``p - 1``. A changed last entry, or a rewrite that recomputed the chain, shows as ``root_mismatch``
+  at the first checkpoint after it.
+* A range proof hash that is wrong gives ``proof_invalid`` when nothing but the proof can explain it
+  (a checkpoint exactly at ``begin`` for the left part, exactly at ``end`` for the right part), and
+  ``root_mismatch`` otherwise. A range proof of the wrong length is always ``proof_invalid``.
+* An entry position that jumps ahead is ``entry_missing`` at the first missing position, unless that
+  position appears later in the file (``entry_order``); going back or repeating is ``entry_order``.
 """
 from __future__ import annotations
 

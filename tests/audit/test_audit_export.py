@@ -57,6 +57,8 @@ def test_a_bundle_survives_key_rotation_and_pins_to_trusted_keys(make_tenant, tm
     assert old_key in keys and len(keys) == 2
     pinned = verify_bundle(tmp_path / "b", trusted_keys=[old_key])
     assert not pinned.ok and pinned.kind in ("unknown_key", "manifest_signature")
+    events = list(AuditEntry.objects.filter(event__startswith="audit.key_").order_by("id").values_list("event", flat=True))
+    assert events == ["audit.key_created", "audit.key_retired", "audit.key_created"]
 
 
 def test_a_whole_table_rewrite_is_caught_against_the_checkpoints_outside_the_database(make_tenant, tmp_path, settings):
