@@ -42,6 +42,10 @@ class Processes:
             extra_env,
         )
 
+    def command(self, name: str, args: list[str], extra_env: dict | None = None) -> subprocess.Popen:
+        """A `manage.py` command as its own process (e.g. the audit sequencer's loop)."""
+        return self._start(name, [sys.executable, str(ROOT / "manage.py"), *args], extra_env)
+
     def wait_ready(self, name: str, *, timeout: float = 60.0) -> None:
         """Until the worker answers a remote-control ping (its consumer is then running)."""
         from gateway.celery import app

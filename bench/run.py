@@ -2,6 +2,7 @@
 
     make bench                                  # everything
     make bench BENCH_ARGS="gate_release --gates 200"
+    make bench BENCH_ARGS="audit_append audit_verify"
     .venv/bin/python bench/run.py --docs-only   # regenerate the page from the results present
 
 Needs the PostgreSQL and Redis of `make test` (deploy/test-services.sh). Everything runs in a database
@@ -26,7 +27,7 @@ if str(ROOT) not in sys.path:
 
 from bench.common import VAR_DIR, machine_info, now_iso, write_results  # noqa: E402
 
-BENCHMARKS = ("gate_release", "fanout", "spec_parse")
+BENCHMARKS = ("gate_release", "fanout", "spec_parse", "audit_append", "audit_verify")
 BENCH_DB = "gatehouse_bench"
 BENCH_REDIS_DB = 15
 
@@ -102,6 +103,10 @@ def _configure_environment() -> dict[str, str]:
             "GATEHOUSE_DB_CONN_MAX_AGE": "60",
             "GATEHOUSE_DISPATCHER": "gateway.dispatch.CeleryDispatcher",
             "GATEHOUSE_KEEP_WORKDIRS": "false",
+            # The audit log's signing key and its checkpoints kept outside the database: the bench's own.
+            "GATEHOUSE_AUDIT_SIGNER": "file",
+            "GATEHOUSE_AUDIT_KEY_FILE": str(VAR_DIR / "keys" / "audit-log.key"),
+            "GATEHOUSE_AUDIT_CHECKPOINT_STORE": str(VAR_DIR / "audit-checkpoints"),
         }
     )
     os.environ.pop("GATEHOUSE_ARTEFACT_S3_BUCKET", None)
@@ -158,6 +163,11 @@ def _prepare_database() -> None:
     for sub in ("artefacts", "work"):
         shutil.rmtree(VAR_DIR / sub, ignore_errors=True)
         (VAR_DIR / sub).mkdir(parents=True, exist_ok=True)
+    # The audit log starts empty with the database: checkpoints a previous run left in the store
+    # outside it would make every export refuse the log as truncated.
+    audit_store = settings.GATEHOUSE_AUDIT["CHECKPOINT_STORE"]
+    if not audit_store.startswith("s3://") and Path(audit_store).resolve().is_relative_to(VAR_DIR.resolve()):
+        shutil.rmtree(audit_store, ignore_errors=True)
 
 
 def _flush_broker() -> None:
@@ -174,6 +184,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=10, help="gate_release: unmeasured warm-up gates (default 10)")
     parser.add_argument("--tasks", type=int, default=2000, help="fanout/spec_parse: fan-out width (default 2000)")
     parser.add_argument("--rounds", type=int, default=3, help="fanout: interleaved rounds of each (default 3, min 2)")
+    parser.add_argument("--append-seconds", type=float, default=8.0,
+                        help="audit_append: measured seconds per case (default 8)")
+    parser.add_argument("--append-warmup", type=float, default=1.0,
+                        help="audit_append: unmeasured warm-up seconds per case (default 1)")
+    parser.add_argument("--append-rounds", type=int, default=2,
+                        help="audit_append: interleaved rounds of the four cases (default 2)")
+    parser.add_argument("--append-writers", type=int, default=8,
+                        help="audit_append: writer processes of the concurrent cases (default 8)")
+    parser.add_argument("--backlog", type=int, default=50000,
+                        help="audit_append: queued entries the sequencer drains (default 50000)")
+    parser.add_argument("--integration-target", type=float, default=1.0,
+                        help="audit_append: target for the integration window's p99, seconds (default 1)")
+    parser.add_argument("--verify-entries", type=int, default=1_000_000,
+                        help="audit_verify: entries in the log and the bundle (default 1000000)")
+    parser.add_argument("--sequencer-budget", type=float, default=240.0,
+                        help="audit_verify: longest projected sequencer time before a synthetic bundle is built "
+                             "instead (default 240 s)")
+    parser.add_argument("--verify-synthetic", action="store_true",
+                        help="audit_verify: build the bundle synthetically whatever the sequencer's rate")
     parser.add_argument("--docs-only", action="store_true", help="only regenerate docs/benchmarks.md")
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in BENCHMARKS]
@@ -183,6 +212,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rounds must be at least 2 (engine and raw Celery rounds are interleaved)")
     if args.gates < 1 or args.warmup < 0 or args.tasks < 1:
         parser.error("--gates and --tasks must be positive, --warmup not negative")
+    if (args.append_seconds <= 0 or args.append_warmup < 0 or args.append_rounds < 1 or args.append_writers < 2
+            or args.backlog < 1 or args.integration_target <= 0 or args.verify_entries < 2
+            or args.sequencer_budget <= 0):
+        parser.error("audit options: --append-seconds, --backlog, --integration-target, --sequencer-budget must be "
+                     "positive, --append-rounds at least 1, --append-writers and --verify-entries at least 2")
     names = [n for n in BENCHMARKS if n in args.names] if args.names else list(BENCHMARKS)
 
     from bench import report
@@ -217,7 +251,13 @@ def main(argv: list[str] | None = None) -> int:
         analyst = member_create(tenant=tenant, username="bench-analyst", roles=["analyst"])
         ctx = Context(procs, tenant, author, analyst)
         pg_version, redis_version = _versions()
-        options = {"gates": args.gates, "warmup": args.warmup, "tasks": args.tasks, "rounds": args.rounds}
+        options = {
+            "gates": args.gates, "warmup": args.warmup, "tasks": args.tasks, "rounds": args.rounds,
+            "append_seconds": args.append_seconds, "append_warmup": args.append_warmup,
+            "append_rounds": args.append_rounds, "append_writers": args.append_writers, "backlog": args.backlog,
+            "integration_target": args.integration_target, "verify_entries": args.verify_entries,
+            "sequencer_budget": args.sequencer_budget, "verify_synthetic": args.verify_synthetic,
+        }
         import importlib
 
         for name in names:
