@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from . import context
@@ -118,10 +119,35 @@ def audit_append(
         object_type=object_type, object_id=object_id, label=label, outcome=outcome,
         error_code=error_code, data=data, secrets=secrets,
     )
-    with transaction.atomic():
-        entry.save(force_insert=True)
-        AuditPending.objects.create(entry=entry)
+    _insert(entry)
     return entry
+
+
+_INSERT_PG = None
+
+
+def _insert(entry: AuditEntry) -> None:
+    """Entry and queue row in ONE statement on PostgreSQL (atomic by itself, so no savepoint:
+    inside an action's transaction this is one round trip instead of four)."""
+    global _INSERT_PG
+    if connection.vendor != "postgresql":
+        with transaction.atomic():
+            entry.save(force_insert=True)
+            AuditPending.objects.create(entry=entry)
+        return
+    if _INSERT_PG is None:
+        e, q = AuditEntry._meta.db_table, AuditPending._meta.db_table
+        _INSERT_PG = (
+            f'WITH e AS (INSERT INTO "{e}" (at, tenant_id, actor_id, event, object_type, object_id, label, outcome, body) '
+            f"VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb) RETURNING id) "
+            f'INSERT INTO "{q}" (entry_id) SELECT id FROM e RETURNING entry_id'
+        )
+    with connection.cursor() as cursor:
+        cursor.execute(_INSERT_PG, [
+            entry.at, entry.tenant_id, entry.actor_id, entry.event, entry.object_type, entry.object_id,
+            entry.label, entry.outcome, json.dumps(entry.body),
+        ])
+        entry.id = cursor.fetchone()[0]
 
 
 def audit_append_many(records: list[dict]) -> list[AuditEntry]:
