@@ -163,9 +163,26 @@ def audit_append_many(records: list[dict]) -> list[AuditEntry]:
         )
         for r in records
     ]
-    with transaction.atomic():
-        entries = AuditEntry.objects.bulk_create(entries)
-        AuditPending.objects.bulk_create([AuditPending(entry_id=e.id) for e in entries])
+    if connection.vendor != "postgresql":
+        with transaction.atomic():
+            entries = AuditEntry.objects.bulk_create(entries)
+            AuditPending.objects.bulk_create([AuditPending(entry_id=e.id) for e in entries])
+        return entries
+    e, q = AuditEntry._meta.db_table, AuditPending._meta.db_table
+    for start in range(0, len(entries), 1000):
+        chunk = entries[start:start + 1000]
+        rows = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb)"] * len(chunk))
+        params = [v for x in chunk for v in (x.at, x.tenant_id, x.actor_id, x.event, x.object_type, x.object_id,
+                                              x.label, x.outcome, json.dumps(x.body))]
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f'WITH e AS (INSERT INTO "{e}" (at, tenant_id, actor_id, event, object_type, object_id, label, outcome, body) '
+                f'VALUES {rows} RETURNING id) INSERT INTO "{q}" (entry_id) SELECT id FROM e RETURNING entry_id',
+                params,
+            )
+            # One INSERT ... VALUES draws its ids in row order, so sorted ids match the chunk.
+            for entry, (entry_id,) in zip(chunk, sorted(cursor.fetchall())):
+                entry.id = entry_id
     return entries
 
 
