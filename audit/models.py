@@ -17,8 +17,12 @@ from django.db import models
 class AuditEntry(models.Model):
     id = models.BigAutoField(primary_key=True)
     at = models.DateTimeField()  # server UTC time of the action
-    tenant = models.ForeignKey("gateway.Tenant", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
-    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    # Recorded facts, not live references: no database constraint (an entry outlives what it
+    # names, and a foreign key would make every append share-lock the tenant row).
+    tenant = models.ForeignKey("gateway.Tenant", null=True, blank=True, on_delete=models.DO_NOTHING,
+                               related_name="+", db_constraint=False, db_index=False)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.DO_NOTHING,
+                              related_name="+", db_constraint=False, db_index=False)
     event = models.CharField(max_length=64)  # from audit.events.EVENTS
     object_type = models.CharField(max_length=64, blank=True)
     object_id = models.CharField(max_length=128, blank=True)
@@ -28,9 +32,8 @@ class AuditEntry(models.Model):
 
     class Meta:
         indexes = [
-            models.Index(fields=["tenant", "at"]),
-            models.Index(fields=["event", "at"]),
-            models.Index(fields=["object_type", "object_id"]),
+            models.Index(fields=["tenant", "at"]),  # an auditor's search: one tenant, a time window
+            models.Index(fields=["object_type", "object_id"]),  # everything about one object
         ]
 
 

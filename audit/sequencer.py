@@ -14,7 +14,7 @@ import logging
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -76,6 +76,25 @@ class _Tree:
         self.head.save(update_fields=["size", "frontier", "last_hash", "last_integrated_at"])
 
 
+def _store(leaves: list[AuditLeaf], nodes: list[AuditNode]) -> None:
+    """Insert a batch's leaves and subtree hashes: COPY on PostgreSQL (the ORM's bulk INSERT
+    was most of the sequencer's time), bulk_create elsewhere."""
+    if connection.vendor != "postgresql":
+        AuditLeaf.objects.bulk_create(leaves, batch_size=2000)
+        AuditNode.objects.bulk_create(nodes, batch_size=5000)
+        return
+    with connection.cursor() as wrapper:
+        cursor = wrapper.cursor
+        with cursor.copy(f'COPY "{AuditLeaf._meta.db_table}" (seq, entry_id, tenant_id, tenant_seq, leaf, leaf_hash, '
+                         "integrated_at) FROM STDIN") as copy:
+            for x in leaves:
+                copy.write_row((x.seq, x.entry_id, x.tenant_id, x.tenant_seq, x.leaf, x.leaf_hash, x.integrated_at))
+        if nodes:
+            with cursor.copy(f'COPY "{AuditNode._meta.db_table}" (tree, level, index, hash) FROM STDIN') as copy:
+                for n in nodes:
+                    copy.write_row((n.tree, n.level, n.index, n.hash))
+
+
 def _head(tree: str, tenant_id=None, *, lock: bool = False) -> AuditHead:
     head, _ = AuditHead.objects.get_or_create(tree=tree, defaults={"tenant_id": tenant_id})
     if lock:
@@ -119,8 +138,7 @@ def integrate(*, batch: int | None = None, now=None) -> int:
                 glob.append(digest)
                 if tenant_state is not None:
                     tenant_state.append(digest)
-            AuditLeaf.objects.bulk_create(leaves, batch_size=2000)
-            AuditNode.objects.bulk_create([n for t in trees.values() for n in t.nodes], batch_size=5000)
+            _store(leaves, [n for t in trees.values() for n in t.nodes])
             AuditPending.objects.filter(entry_id__in=ids).delete()
             for tree in trees.values():
                 tree.save(integrated_at)

@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import time
 
-from .common import Figure, percentile, wait_for
+from .common import Figure, machine_cpu, percentile, process_cpu_seconds, wait_for
 
 NAME = "audit_append"
 TITLE = "Audited appends vs plain INSERTs, with the sequencer running"
 TARGET_RATIO = 0.8
 PLAIN_TABLE = "bench_plain"
 EVENT = "tenant.created"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # the unit of /proc/stat
 SHORT_DRAIN = 2.0  # seconds after the writers stop within which the queue must be empty
 PLAIN_COLUMNS = ("at", "tenant_id", "actor_id", "event", "object_type", "object_id", "label", "outcome", "body")
 
@@ -28,17 +30,25 @@ HOW = (
     "as the audited entry's, JSON-encoded per row) in one raw-cursor INSERT inside `transaction.atomic()` on the "
     "same Django connection, into `bench_plain`, made for the run as `CREATE TABLE bench_plain (LIKE "
     "audit_auditentry INCLUDING DEFAULTS)` with its `id` replaced by a `bigserial` primary key: no triggers, no "
-    "queue, no foreign keys and no secondary indexes (the audit table has three, and two foreign keys); dropped "
-    "afterwards. Every case runs for a fixed time after an unmeasured warm-up (both stated below), all writers "
+    "queue, no foreign keys and no secondary indexes (`audit_auditentry` has five secondary indexes, three "
+    "declared and one per foreign key, and two deferred foreign keys, checked at commit; its append-only "
+    "triggers fire only on UPDATE, DELETE and TRUNCATE, never on INSERT); dropped afterwards. Every case runs for a fixed time after an unmeasured warm-up (both stated below), all writers "
     "released together by a barrier; a transaction counts when it commits inside the measured window (each "
     "writer times itself with `time.perf_counter()`); appends/s is the total over the writers divided by the "
     "window. Cases are interleaved in every round (audited ×1, plain ×1, audited ×N, plain ×N) and the figure "
     "per case is the median over rounds; the ratio is audited / plain of those medians. Call latencies are per "
-    "transaction (BEGIN to COMMIT returned), pooled over rounds. The real sequencer runs throughout as its own "
+    "transaction (BEGIN to COMMIT returned), pooled over rounds. Where the time goes, over each measured window: "
+    "each writer's own CPU time (`resource.getrusage`) and its PostgreSQL backend's (from `/proc/<pid>/stat`, "
+    "the backend found with `pg_backend_pid()`), divided by the appends it made; the whole machine's CPU busy "
+    "share (`/proc/stat`, all CPUs) and that CPU time divided by the appends made (every process: writers, "
+    "backends, the sequencer and its backend, this process); the sequencer process's CPU time (from `/proc`) "
+    "as a share of one CPU; and in how many sequencer batches (distinct `integrated_at`) the measured entries "
+    "were placed. The real sequencer runs throughout as its own "
     "process, `manage.py audit_sequencer --loop` (the command `make run` starts, interval from settings), "
     "started after any backlog left by earlier benchmarks was placed. Kept up: the queue length is sampled "
-    "every 0.25 s while the audited writers run, and read again "
-    f"{SHORT_DRAIN:g} s after they stop (it must be 0; the next case starts only once it is). Integration "
+    "every 0.25 s while the audited writers run, then polled every 20 ms from the moment the last writer "
+    f"reported until it is 0; what is still queued {SHORT_DRAIN:g} s after that moment must be 0 (the next case "
+    "starts only once the queue is empty). Integration "
     "window: for every entry committed in the measured windows of the audited cases (all of them, not a "
     "sample), `AuditLeaf.integrated_at − AuditEntry.at`, both taken with the wall clock of this one machine "
     "(`at` by the writer just before its INSERT, `integrated_at` by the sequencer when its batch transaction "
@@ -60,6 +70,8 @@ HOW = (
 
 
 def _writer(index: int, commands, results, barriers: dict) -> None:
+    import resource
+
     import django
 
     django.setup()
@@ -74,7 +86,14 @@ def _writer(index: int, commands, results, barriers: dict) -> None:
     where = context.current().as_dict()
     insert = (f"INSERT INTO {PLAIN_TABLE} ({', '.join(PLAIN_COLUMNS)}) "
               f"VALUES ({', '.join(['%s'] * len(PLAIN_COLUMNS))})")
-    connection.ensure_connection()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        backend = cursor.fetchone()[0]
+
+    def cpu() -> tuple[float, float | None]:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime, process_cpu_seconds(backend)
+
     results.put(("ready", index, None))
     serial = 0
     while True:
@@ -86,11 +105,14 @@ def _writer(index: int, commands, results, barriers: dict) -> None:
         start = time.perf_counter()
         measure_from, end = start + warmup, start + warmup + duration
         count, first_id, last_id, latencies = 0, None, None, []
+        cpu_from = None
         cursor = connection.cursor()
         while True:
             t0 = time.perf_counter()
             if t0 >= end:
                 break
+            if cpu_from is None and t0 >= measure_from:
+                cpu_from = cpu()
             serial += 1
             data = {"slug": f"w{index}-{serial}", "name": f"Bench writer {index}"}
             if mode == "audited":
@@ -112,9 +134,12 @@ def _writer(index: int, commands, results, barriers: dict) -> None:
                 if entry_id is not None:
                     first_id = entry_id if first_id is None else min(first_id, entry_id)
                     last_id = entry_id if last_id is None else max(last_id, entry_id)
+        cpu_to = cpu()
         cursor.close()
+        client_cpu = cpu_to[0] - cpu_from[0] if cpu_from else None
+        backend_cpu = cpu_to[1] - cpu_from[1] if cpu_from and None not in (cpu_to[1], cpu_from[1]) else None
         results.put(("done", index, {"count": count, "first_id": first_id, "last_id": last_id,
-                                     "latencies": latencies}))
+                                     "latencies": latencies, "client_cpu": client_cpu, "backend_cpu": backend_cpu}))
     connection.close()
 
 
@@ -153,8 +178,9 @@ class _Writers:
         for i in range(writers):
             self.commands[i].put((mode, writers, warmup, duration))
         self.barriers[writers].wait(timeout=60)
+        start = time.perf_counter()
         if during is not None:
-            during(time.perf_counter() + warmup + duration)
+            during(start + warmup, start + warmup + duration)
         out = []
         while len(out) < writers:
             kind, index, payload = self.results.get(timeout=warmup + duration + 60)
@@ -227,25 +253,26 @@ def _statements_per_append(tenant) -> list[str]:
     return out
 
 
-def _windows(ranges: list[tuple[int, int]]) -> tuple[list[float], int]:
-    """integrated_at − at (seconds) of the entries with ids in the given ranges, and how many of
-    those entries were not placed yet."""
+def _windows(ranges: list[tuple[int, int]]) -> tuple[list[float], int, int]:
+    """integrated_at − at (seconds) of the entries with ids in the given ranges, how many of those
+    entries were not placed, and in how many sequencer batches they were (one integrated_at each)."""
     from django.db import connection
 
-    values, missing = [], 0
+    values, missing, batches = [], 0, set()
     with connection.cursor() as cursor:
         for lo, hi in ranges:
             cursor.execute(
-                "SELECT EXTRACT(EPOCH FROM (l.integrated_at - e.at))::float8 FROM audit_auditentry e "
+                "SELECT EXTRACT(EPOCH FROM (l.integrated_at - e.at))::float8, l.integrated_at FROM audit_auditentry e "
                 "LEFT JOIN audit_auditleaf l ON l.entry_id = e.id WHERE e.id BETWEEN %s AND %s AND e.event = %s",
                 [lo, hi, EVENT],
             )
-            for (value,) in cursor.fetchall():
+            for value, integrated_at in cursor.fetchall():
                 if value is None:
                     missing += 1
                 else:
                     values.append(value)
-    return values, missing
+                    batches.add(integrated_at)
+    return values, missing, len(batches)
 
 
 def _backlog(tenant, size: int) -> float:
@@ -260,7 +287,15 @@ def _backlog(tenant, size: int) -> float:
     return time.perf_counter() - start
 
 
-def run(ctx, *, append_seconds: float = 8.0, append_warmup: float = 1.0, append_rounds: int = 2,
+def _per_op(results: list[dict], key: str) -> float | None:
+    ops = sum(x["count"] for x in results)
+    values = [x[key] for x in results]
+    if not ops or any(v is None for v in values):
+        return None
+    return sum(values) / ops
+
+
+def run(ctx, *, append_seconds: float = 8.0, append_warmup: float = 1.0, append_rounds: int = 5,
         append_writers: int = 8, backlog: int = 50000, integration_target: float = 1.0, **_) -> list[Figure]:
     from django.conf import settings
 
@@ -280,10 +315,16 @@ def run(ctx, *, append_seconds: float = 8.0, append_warmup: float = 1.0, append_
     ctx.say(f"statements per audited append inside a transaction: {statements}")
     _make_plain_table()
 
-    ctx.procs.command("audit-sequencer", ["audit_sequencer", "--loop"])
+    sequencer = ctx.procs.command("audit-sequencer", ["audit_sequencer", "--loop"])
     writers = _Writers(n)
-    counts: dict[tuple[str, int], list[float]] = {}
-    latencies: dict[tuple[str, int], list[float]] = {}
+    cases = (("audited", 1), ("plain", 1), ("audited", n), ("plain", n))
+    rates: dict[tuple, list[float]] = {c: [] for c in cases}
+    latencies: dict[tuple, list[float]] = {c: [] for c in cases}
+    client_cpu: dict[tuple, list[float]] = {c: [] for c in cases}
+    backend_cpu: dict[tuple, list[float]] = {c: [] for c in cases}
+    busy: dict[tuple, list[float]] = {c: [] for c in cases}
+    machine_per_op: dict[tuple, list[float]] = {c: [] for c in cases}
+    sequencer_cpu: dict[int, list[float]] = {1: [], n: []}
     ranges: dict[int, list[tuple[int, int]]] = {1: [], n: []}
     max_queued: dict[int, int] = {1: 0, n: 0}
     left_after: dict[int, int] = {1: 0, n: 0}
@@ -292,37 +333,53 @@ def run(ctx, *, append_seconds: float = 8.0, append_warmup: float = 1.0, append_
         t0 = time.perf_counter()
         writers.start()
         ctx.say(f"{n} writer processes ready in {time.perf_counter() - t0:.1f} s")
-        if ctx.procs.procs["audit-sequencer"].poll() is not None:
+        if sequencer.poll() is not None:
             raise RuntimeError(f"the sequencer exited:\n{ctx.procs.log('audit-sequencer')[-3000:]}")
         for r in range(append_rounds):
-            for mode, k in (("audited", 1), ("plain", 1), ("audited", n), ("plain", n)):
-                sampled: list[int] = []
+            for mode, k in cases:
+                seen: dict = {"queued": []}
 
-                def watch(until: float, sampled=sampled) -> None:
-                    while time.perf_counter() < until:
-                        sampled.append(_pending())
-                        time.sleep(0.25)
+                def during(measure_from: float, end: float, mode=mode, seen=seen) -> None:
+                    time.sleep(max(measure_from - time.perf_counter(), 0))
+                    seen["cpu0"], seen["seq0"] = machine_cpu(), process_cpu_seconds(sequencer.pid)
+                    while time.perf_counter() < end:
+                        if mode == "audited":
+                            seen["queued"].append(_pending())
+                        time.sleep(min(0.25, max(end - time.perf_counter(), 0)))
+                    seen["cpu1"], seen["seq1"] = machine_cpu(), process_cpu_seconds(sequencer.pid)
 
-                results = writers.run(mode, k, append_warmup, append_seconds,
-                                      during=watch if mode == "audited" else None)
-                total = sum(x["count"] for x in results)
-                rate = total / append_seconds
-                counts.setdefault((mode, k), []).append(rate)
-                latencies.setdefault((mode, k), []).extend(v for x in results for v in x["latencies"])
+                results = writers.run(mode, k, append_warmup, append_seconds, during=during)
+                case = (mode, k)
+                rate = sum(x["count"] for x in results) / append_seconds
+                rates[case].append(rate)
+                latencies[case].extend(v for x in results for v in x["latencies"])
+                for key, store in (("client_cpu", client_cpu), ("backend_cpu", backend_cpu)):
+                    value = _per_op(results, key)
+                    if value is not None:
+                        store[case].append(value)
+                if seen.get("cpu0") and seen.get("cpu1") and seen["cpu1"][1] > seen["cpu0"][1]:
+                    busy[case].append((seen["cpu1"][0] - seen["cpu0"][0]) / (seen["cpu1"][1] - seen["cpu0"][1]))
+                    appends = sum(x["count"] for x in results)
+                    if appends:
+                        machine_per_op[case].append((seen["cpu1"][0] - seen["cpu0"][0]) / CLOCK_TICKS / appends)
                 line = f"round {r + 1}: {mode} × {k}: {rate:.0f} appends/s"
                 if mode == "audited":
                     stopped = time.perf_counter()
+                    if None not in (seen.get("seq0"), seen.get("seq1")):
+                        sequencer_cpu[k].append((seen["seq1"] - seen["seq0"]) / append_seconds)
                     firsts = [x["first_id"] for x in results if x["first_id"] is not None]
                     lasts = [x["last_id"] for x in results if x["last_id"] is not None]
                     if firsts:
                         ranges[k].append((min(firsts), max(lasts)))
-                    max_queued[k] = max(max_queued[k], max(sampled, default=0))
-                    time.sleep(SHORT_DRAIN)
+                    max_queued[k] = max(max_queued[k], max(seen["queued"], default=0))
                     left = _pending()
+                    while left and time.perf_counter() - stopped < SHORT_DRAIN:
+                        time.sleep(0.02)
+                        left = _pending()
                     left_after[k] = max(left_after[k], left)
-                    wait_for(lambda: _pending() == 0, timeout=120, interval=0.05, what="the audit queue to drain")
+                    wait_for(lambda: _pending() == 0, timeout=120, interval=0.02, what="the audit queue to drain")
                     drain_times[k].append(time.perf_counter() - stopped)
-                    line += f"; queue max {max(sampled, default=0)}, {left} left {SHORT_DRAIN:g} s after stop"
+                    line += f"; queue max {max(seen['queued'], default=0)}, {left} left {SHORT_DRAIN:g} s after stop"
                 ctx.say(line)
     finally:
         writers.stop()
@@ -345,45 +402,72 @@ def run(ctx, *, append_seconds: float = 8.0, append_warmup: float = 1.0, append_
     if placed != backlog:
         raise RuntimeError(f"the sequencer placed {placed} entries of a backlog of {backlog}")
 
-    med = {key: percentile(values, 50) for key, values in counts.items()}
+    def med(values: list[float]) -> float:
+        return percentile(values, 50)
+
     figures = [
         Figure("writer processes (the N of the N-writer cases)", n, "processes"),
         Figure("measured window per case (after the warm-up below)", append_seconds, "s"),
         Figure("warm-up per case (not counted)", append_warmup, "s"),
         Figure("rounds (each: audited ×1, plain ×1, audited ×N, plain ×N)", append_rounds, "rounds"),
-        Figure("SQL statements per audited append in the action's transaction (plain: 1)", len(statements),
-               "statements"),
+        Figure("SQL statements Django sends per audited append in the action's transaction (plain: 1)",
+               len(statements), "statements"),
     ]
     for k in (1, n):
         label = "1 writer" if k == 1 else f"{k} writers"
         for mode in ("audited", "plain"):
-            values = counts[(mode, k)]
-            figures.append(Figure(f"{mode}, {label}: appends/s (median of rounds)", round(med[(mode, k)], 1),
+            case = (mode, k)
+            figures.append(Figure(f"{mode}, {label}: appends/s (median of rounds)", round(med(rates[case]), 1),
                                   "appends/s"))
-            if len(values) > 1:
+            if len(rates[case]) > 1:
                 figures.append(Figure(f"{mode}, {label}: appends/s per round",
-                                      " / ".join(f"{v:.0f}" for v in values), ""))
-            lat = latencies[(mode, k)]
-            figures += [
-                Figure(f"{mode}, {label}: transaction latency p50", round(percentile(lat, 50) * 1000, 2), "ms"),
-                Figure(f"{mode}, {label}: transaction latency p99", round(percentile(lat, 99) * 1000, 2), "ms"),
-            ]
-        ratio = med[("audited", k)] / med[("plain", k)]
-        figures.append(Figure(f"audited / plain, {label}", round(ratio, 2), "×",
+                                      " / ".join(f"{v:.0f}" for v in rates[case]), ""))
+        figures.append(Figure(f"audited / plain, {label}",
+                              round(med(rates[("audited", k)]) / med(rates[("plain", k)]), 2), "×",
                               f"≥ {TARGET_RATIO}×" if k == n else None))
+        for mode in ("audited", "plain"):
+            case = (mode, k)
+            figures += [
+                Figure(f"{mode}, {label}: transaction latency p50", round(percentile(latencies[case], 50) * 1000, 2),
+                       "ms"),
+                Figure(f"{mode}, {label}: transaction latency p99", round(percentile(latencies[case], 99) * 1000, 2),
+                       "ms"),
+            ]
+        for mode in ("audited", "plain"):
+            case = (mode, k)
+            if client_cpu[case]:
+                figures.append(Figure(f"{mode}, {label}: writer process CPU per append (median of rounds)",
+                                      round(med(client_cpu[case]) * 1e6), "µs"))
+            if backend_cpu[case]:
+                figures.append(Figure(f"{mode}, {label}: its PostgreSQL backend's CPU per append (median of rounds)",
+                                      round(med(backend_cpu[case]) * 1e6), "µs"))
+        for mode in ("audited", "plain"):
+            if busy[(mode, k)]:
+                figures.append(Figure(f"{mode}, {label}: machine CPU busy, all CPUs (median of rounds)",
+                                      round(med(busy[(mode, k)]) * 100, 1), "%"))
+        for mode in ("audited", "plain"):
+            if machine_per_op[(mode, k)]:
+                figures.append(Figure(f"{mode}, {label}: machine CPU per append, all processes (median of rounds)",
+                                      round(med(machine_per_op[(mode, k)]) * 1e6), "µs"))
+        if sequencer_cpu[k]:
+            figures.append(Figure(f"audited, {label}: sequencer process CPU (median of rounds, share of one CPU)",
+                                  round(med(sequencer_cpu[k]) * 100, 1), "%"))
     for k in (1, n):
         label = "1 writer" if k == 1 else f"{k} writers"
-        values, missing = windows[k]
+        values, missing, batches = windows[k]
         figures += [
             Figure(f"sequencer kept up, {label}: queue length, max sampled while writing", max_queued[k], "entries"),
             Figure(f"sequencer kept up, {label}: still queued {SHORT_DRAIN:g} s after the writers stopped (max of "
                    f"rounds)", left_after[k], "entries", "= 0"),
-            Figure(f"integration window, {label}: entries measured (all of the measured windows)", len(values),
+            Figure(f"sequencer kept up, {label}: last writer's results in → queue seen empty (max of rounds, polled "
+                   f"every 20 ms)", round(max(drain_times[k]) * 1000, 1), "ms"),
+            Figure(f"integration window, {label}: entries measured (every one of the measured windows)", len(values),
                    "entries"),
+            Figure(f"integration window, {label}: sequencer batches they were placed in", batches, "batches"),
             Figure(f"integration window, {label}: p50", round(percentile(values, 50) * 1000, 1), "ms"),
-            Figure(f"integration window, {label}: p99", round(percentile(values, 99), 3), "s",
-                   f"p99 ≤ {integration_target:g} s" if k == n else None),
-            Figure(f"integration window, {label}: max", round(max(values, default=float("nan")), 3), "s"),
+            Figure(f"integration window, {label}: p99", round(percentile(values, 99) * 1000, 1), "ms",
+                   f"p99 ≤ {integration_target * 1000:g} ms" if k == n else None),
+            Figure(f"integration window, {label}: max", round(max(values, default=float("nan")) * 1000, 1), "ms"),
         ]
         if missing:
             figures.append(Figure(f"integration window, {label}: measured entries not placed", missing, "entries",

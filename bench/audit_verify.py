@@ -2,6 +2,7 @@
 `audit_export`, then checked by the offline verifier in a fresh process.
 
     python -m bench.audit_verify --measure -- CMD...   (internal: run CMD, print its time and peak RSS)
+    python -m bench.audit_verify --export DIR          (internal: audit_export to DIR, print time and RSS)
 """
 from __future__ import annotations
 
@@ -34,10 +35,12 @@ HOW = (
     "this process, after each 100,000 rows copied (the first 100,000 are the probe: when the rate they give "
     "projects the whole log past the sequencer budget, the log stays at that size and the 1M-entry bundle is "
     "made synthetically, see below; the figures say which was done). Export: the real `audit.export."
-    "audit_export` of the global log to a directory under `var/bench/`, in a fresh spawned process "
-    "(`django.setup()` on the bench database), timed inside it with `time.perf_counter()`; its peak RSS is "
-    "`resource.getrusage(RUSAGE_SELF).ru_maxrss` read in that process before and after the export, so the "
-    "export's memory is seen apart from the bench's. MB are 10^6 bytes of the bundle directory. Verify: "
+    "audit_export` of the global log to a directory under `var/bench/`, in a fresh process (`django.setup()` "
+    "on the bench database) started by the small helper process described below, timed inside it with "
+    "`time.perf_counter()` around the `audit_export` call alone; its peak RSS is `resource.getrusage"
+    "(RUSAGE_SELF).ru_maxrss` read in that process after `django.setup()` and again after the export, so what "
+    "the export adds is seen apart from Django's own footprint and from the bench process's. MB are 10^6 bytes "
+    "of the bundle directory. Verify: "
     "`python -m audit.verifier DIR --quiet` (all checks, keys from the bundle) in a fresh process started by a "
     "small helper process that times it with `time.perf_counter()` (interpreter start and imports included: "
     "what an auditor waits for) and reads its peak RSS with `resource.getrusage(RUSAGE_CHILDREN)` (the helper "
@@ -77,7 +80,10 @@ def _measured(argv: list[str], env: dict) -> dict:
 # Export in a fresh process
 
 
-def _export_child(directory: str, results) -> None:
+def _export_main(directory: str) -> int:
+    """`python -m bench.audit_verify --export DIR`: the real audit_export of the global log, timed
+    here, with this process's peak RSS before and after (started by the small helper process, so
+    no larger parent's memory is counted: ru_maxrss is carried across fork and exec)."""
     import resource
 
     import django
@@ -90,29 +96,17 @@ def _export_child(directory: str, results) -> None:
     summary = audit_export(directory)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    results.put({"seconds": seconds, "maxrss_before_kib": before, "maxrss_kib": peak, "summary": summary})
+    print(json.dumps({"seconds": seconds, "maxrss_before_kib": before, "maxrss_kib": peak, "summary": summary}))
+    return 0
 
 
-def _export(directory: Path) -> dict:
-    import multiprocessing
-    import queue
-
-    mp = multiprocessing.get_context("spawn")
-    results = mp.Queue()
-    proc = mp.Process(target=_export_child, args=(str(directory), results), name="bench-audit-export")
-    proc.start()
-    try:
-        while True:
-            try:
-                return results.get(timeout=1.0)
-            except queue.Empty:
-                if not proc.is_alive():
-                    raise RuntimeError(f"the export process exited with {proc.exitcode}") from None
-    finally:
-        proc.join(timeout=30)
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(timeout=5)
+def _export(directory: Path, env: dict) -> dict:
+    measured = _measured([sys.executable, "-m", "bench.audit_verify", "--export", str(directory)], env)
+    if measured["returncode"] != 0:
+        raise RuntimeError(f"the export failed:\n{measured['stderr']}")
+    result = json.loads(measured["stdout"].strip().splitlines()[-1])
+    result["process_seconds"] = measured["seconds"]
+    return result
 
 
 def _dir_bytes(directory: Path) -> int:
@@ -276,30 +270,33 @@ def run(ctx, *, verify_entries: int = 1_000_000, sequencer_budget: float = 240.0
     if AuditPending.objects.exists():
         raise RuntimeError("entries still queued after the build")
     figures += [
-        Figure("1M-entry bundle built by", "synthetic entries (BundleWriter)" if synthetic else
-               "the real sequencer and audit_export", ""),
+        Figure(f"{total:,}-entry bundle built by", "synthetic entries written with BundleWriter (sequencer too slow "
+               "for the budget)" if synthetic and not verify_synthetic else "synthetic entries written with "
+               "BundleWriter (--verify-synthetic)" if synthetic else "the real sequencer and audit_export", ""),
         Figure("entries in the real log (placed by the sequencer)", log_size, "entries"),
         Figure("entries added by COPY (10,000-row transactions, with queue rows)", added, "entries"),
         Figure("COPY rate (entries + queue rows)", round(added / copy_seconds, 1), "entries/s"),
         Figure("sequencer: time to place the added entries", round(integrate_seconds, 1), "s"),
         Figure("sequencer rate (integrate() in a loop, over all added entries)", round(added / integrate_seconds, 1),
                "entries/s"),
-        Figure("sequencer rate, first 100,000 added", round(chunk_rates[0][1], 1), "entries/s"),
     ]
     if len(chunk_rates) > 1:
-        figures.append(Figure(f"sequencer rate, last {chunk_rates[-1][0]:,} added", round(chunk_rates[-1][1], 1),
-                              "entries/s"))
-    if synthetic:
-        projected = total / chunk_rates[0][1]
-        figures.append(Figure(f"projected sequencer time for {total:,} entries at the probe's rate",
-                              round(projected, 1), "s", f"≤ {sequencer_budget:g} s"))
+        figures += [
+            Figure(f"sequencer rate, first {chunk_rates[0][0]:,} added", round(chunk_rates[0][1], 1), "entries/s"),
+            Figure(f"sequencer rate, last {chunk_rates[-1][0]:,} added", round(chunk_rates[-1][1], 1), "entries/s"),
+        ]
+    figures += [
+        Figure(f"sequencer time for {total:,} entries, projected from the first {chunk_rates[0][0]:,}",
+               round(total / chunk_rates[0][1], 1), "s"),
+        Figure("sequencer budget for building the log through it (--sequencer-budget)", sequencer_budget, "s"),
+    ]
 
     root = VAR_DIR / f"audit-bundles-{os.getpid()}"
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     try:
         exported = root / "export"
-        result = _export(exported)
+        result = _export(exported, env)
         summary = result["summary"]
         size = _dir_bytes(exported)
         entries_bytes = (exported / "entries.jsonl").stat().st_size
@@ -348,7 +345,8 @@ def run(ctx, *, verify_entries: int = 1_000_000, sequencer_budget: float = 240.0
         ]
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    figures.append(Figure("bench process: peak RSS (whole run so far)",
+    figures.append(Figure("bench process: peak RSS (whole run so far" +
+                          (", with the synthetic bundle's Merkle tree in memory)" if synthetic else ")"),
                           round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "MiB"))
     return figures
 
@@ -356,4 +354,6 @@ def run(ctx, *, verify_entries: int = 1_000_000, sequencer_budget: float = 240.0
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--measure" and sys.argv[2] == "--":
         sys.exit(_measure_main(sys.argv[3:]))
+    if len(sys.argv) == 3 and sys.argv[1] == "--export":
+        sys.exit(_export_main(sys.argv[2]))
     sys.exit(__doc__)

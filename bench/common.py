@@ -139,3 +139,27 @@ def target_met(value, target: str | None) -> bool | None:
         "≥": value >= bound,
         "=": value == bound,
     }[op]
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) a process has used so far, from /proc (any process on this machine,
+    e.g. a PostgreSQL backend); None where /proc is not there."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def machine_cpu() -> tuple[float, float] | None:
+    """(busy, total) CPU time of the whole machine so far, all CPUs, from /proc/stat: the
+    utilisation over an interval is the difference of busy over the difference of total."""
+    try:
+        with open("/proc/stat", encoding="ascii") as fh:
+            values = [int(v) for v in fh.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    idle = values[3] + values[4]  # idle + iowait
+    total = sum(values)
+    return float(total - idle), float(total)

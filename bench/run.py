@@ -188,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="audit_append: measured seconds per case (default 8)")
     parser.add_argument("--append-warmup", type=float, default=1.0,
                         help="audit_append: unmeasured warm-up seconds per case (default 1)")
-    parser.add_argument("--append-rounds", type=int, default=2,
-                        help="audit_append: interleaved rounds of the four cases (default 2)")
+    parser.add_argument("--append-rounds", type=int, default=5,
+                        help="audit_append: interleaved rounds of the four cases (default 5)")
     parser.add_argument("--append-writers", type=int, default=8,
                         help="audit_append: writer processes of the concurrent cases (default 8)")
     parser.add_argument("--backlog", type=int, default=50000,
