@@ -38,6 +38,25 @@ def _config(args) -> tuple[str, str]:
     return url.rstrip("/"), token
 
 
+def _error_message(response) -> str:
+    """The API's {code, message, detail} as a readable message (spec errors one per line)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:500]
+    message = f"{body.get('message')} [{body.get('code')}]"
+    detail = body.get("detail")
+    if isinstance(detail, list):
+        message += "".join(
+            f"\n  line {d.get('line', '?')}: task {d.get('task') or '-'}: {d.get('message', d)}"
+            if isinstance(d, dict) else f"\n  {d}"
+            for d in detail
+        )
+    elif detail:
+        message += f"\n  {json.dumps(detail)}"
+    return message
+
+
 class Client:
     def __init__(self, url: str, token: str):
         import requests
@@ -47,29 +66,20 @@ class Client:
         self.session.headers["Authorization"] = f"Token {token}"
         self.session.headers["Accept"] = "application/json"
 
-    def request(self, method: str, path: str, **kwargs):
+    def send(self, method: str, path: str, *, timeout: float = 60, **kwargs):
+        """The raw response of a call; an error status becomes a CliError with the API's code."""
         import requests
 
         try:
-            response = self.session.request(method, self.url + "/api/v1" + path, timeout=60, **kwargs)
+            response = self.session.request(method, self.url + "/api/v1" + path, timeout=timeout, **kwargs)
         except requests.RequestException as exc:
             raise CliError(f"cannot reach {self.url}: {exc}") from None
         if response.status_code >= 400:
-            try:
-                body = response.json()
-                message = f"{body.get('message')} [{body.get('code')}]"
-                detail = body.get("detail")
-                if isinstance(detail, list):
-                    message += "".join(
-                        f"\n  line {d.get('line', '?')}: task {d.get('task') or '-'}: {d.get('message', d)}"
-                        if isinstance(d, dict) else f"\n  {d}"
-                        for d in detail
-                    )
-                elif detail:
-                    message += f"\n  {json.dumps(detail)}"
-            except ValueError:
-                message = response.text[:500]
-            raise CliError(f"error {response.status_code}: {message}")
+            raise CliError(f"error {response.status_code}: {_error_message(response)}")
+        return response
+
+    def request(self, method: str, path: str, **kwargs):
+        response = self.send(method, path, **kwargs)
         return response.json() if response.content else None
 
 
@@ -191,19 +201,7 @@ def cmd_audit_export(args, out, err) -> int:
     if target.exists() and any(target.iterdir()):
         raise CliError(f"{target} is not empty", EXIT_USAGE)
     params = {k: v for k, v in {"tenant": args.tenant, "since": args.since, "until": args.until}.items() if v}
-    import requests
-
-    try:
-        response = client.session.get(client.url + "/api/v1/audit/export", params=params, stream=True, timeout=3600)
-    except requests.RequestException as exc:
-        raise CliError(f"cannot reach {client.url}: {exc}") from None
-    if response.status_code >= 400:
-        try:
-            body = response.json()
-            message = f"{body.get('message')} [{body.get('code')}]"
-        except ValueError:
-            message = response.text[:300]
-        raise CliError(f"error {response.status_code}: {message}")
+    response = client.send("GET", "/audit/export", params=params, stream=True, timeout=3600)
     entries = int(response.headers.get("X-Audit-Entries", "0"))
     print(f"exporting {entries:,} entries (positions {response.headers.get('X-Audit-Range')}, "
           f"checkpoint {response.headers.get('X-Audit-Checkpoint-Size')})", file=err)

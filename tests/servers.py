@@ -33,7 +33,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-__all__ = ["MotoServer", "ServerStartError", "free_port", "find_venv_script"]
+__all__ = ["MotoServer", "ProcessServer", "ServerStartError", "free_port", "find_venv_script"]
 
 
 class ServerStartError(RuntimeError):
@@ -68,7 +68,64 @@ def find_venv_script(name: str) -> str:
     )
 
 
-class MotoServer:
+class ProcessServer:
+    """What every local test server shares: its process, its log file (never a pipe: a chatty
+    server would block on a full one), stopping, and use as a context manager. Subclasses set
+    ``_proc`` and ``_log`` when they launch and implement ``start``."""
+
+    _proc: subprocess.Popen[bytes] | None = None
+    _log: IO[bytes] | None = None
+
+    def start(self):  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def stop(self) -> None:
+        """Terminate the server (SIGTERM, then SIGKILL after 5 s). Idempotent."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def output(self, limit: int = 8000) -> str:
+        """The tail of the server's combined stdout/stderr."""
+        if self._log is None:
+            return ""
+        self._log.flush()
+        self._log.seek(0, os.SEEK_END)
+        size = self._log.tell()
+        self._log.seek(max(0, size - limit))
+        text = self._log.read().decode("utf-8", "replace")
+        self._log.seek(0, os.SEEK_END)
+        return text
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class MotoServer(ProcessServer):
     """A ``moto_server`` subprocess bound to ``127.0.0.1`` on a free port.
 
     :param host: interface to bind (loopback by default).
@@ -111,10 +168,6 @@ class MotoServer:
             raise RuntimeError("MotoServer is not running")
         return f"http://{self.host}:{self.port}"
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     def start(self) -> MotoServer:
         """Start the server and block until it answers HTTP requests."""
         if self._proc is not None:
@@ -132,19 +185,6 @@ class MotoServer:
         assert last_error is not None
         raise last_error
 
-    def stop(self) -> None:
-        """Terminate the server (SIGTERM, then SIGKILL after 5 s). Idempotent."""
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
     def reset(self) -> None:
         """Drop all state held by the server (moto's ``/moto-api/reset``)."""
@@ -152,28 +192,7 @@ class MotoServer:
         with urllib.request.urlopen(request, timeout=10):
             pass
 
-    def output(self, limit: int = 8000) -> str:
-        """The tail of the server's combined stdout/stderr."""
-        if self._log is None:
-            return ""
-        self._log.flush()
-        self._log.seek(0, os.SEEK_END)
-        size = self._log.tell()
-        self._log.seek(max(0, size - limit))
-        text = self._log.read().decode("utf-8", "replace")
-        self._log.seek(0, os.SEEK_END)
-        return text
 
-    def __enter__(self) -> MotoServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = self.endpoint_url if self.running else "stopped"

@@ -39,7 +39,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from tests.servers import ServerStartError, free_port
+from tests.servers import ProcessServer, ServerStartError, free_port
 
 __all__ = [
     "OpenBaoServer",
@@ -94,7 +94,7 @@ def _free_port_pair(host: str, tries: int = 50) -> int:
     return port  # cluster listener failure is logged by bao but not fatal
 
 
-class OpenBaoServer:
+class OpenBaoServer(ProcessServer):
     """A ``bao server -dev`` subprocess bound to ``127.0.0.1`` on a free port.
 
     :param host: interface to bind (loopback by default).
@@ -144,14 +144,6 @@ class OpenBaoServer:
             raise RuntimeError("OpenBaoServer is not running")
         return f"http://{self.host}:{self.port}"
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
     def client(self, token: str | None = None) -> Any:
         """An ``hvac.Client`` for this server, holding the root token by default.
 
@@ -185,42 +177,8 @@ class OpenBaoServer:
         assert last_error is not None
         raise last_error
 
-    def stop(self) -> None:
-        """Terminate the server (SIGTERM, then SIGKILL after 5 s). Idempotent."""
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
-    def output(self, limit: int = 8000) -> str:
-        """The tail of the server's combined stdout/stderr."""
-        if self._log is None:
-            return ""
-        self._log.flush()
-        self._log.seek(0, os.SEEK_END)
-        size = self._log.tell()
-        self._log.seek(max(0, size - limit))
-        text = self._log.read().decode("utf-8", "replace")
-        self._log.seek(0, os.SEEK_END)
-        return text
 
-    def __enter__(self) -> OpenBaoServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = self.url if self.running else "stopped"
