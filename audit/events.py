@@ -21,6 +21,7 @@ EVENTS = frozenset(
         "task.recovered",
         "task.redispatched",
         "executor.submitted",
+        "executor.cancelled",  # a running job stopped because its task was cancelled
         # gates
         "gate.opened",
         "gate.read",

@@ -166,6 +166,13 @@ def task_run(task: TaskInstance, attempt: int) -> Outcome:
             heartbeat=heartbeat.beat,
             interval=_engine("HEARTBEAT_SECONDS"),
         )
+        if status.state == JobState.CANCELLED and heartbeat.stop:
+            audit_append(
+                event="executor.cancelled", tenant_id=task.tenant_id, object_type="task", object_id=str(task.id),
+                label=task.classification,
+                data={"run": str(task.run_id), "task": task.key, "attempt": attempt, "backend": handle.backend,
+                      "external_id": handle.external_id, "reason": status.reason[:300]},
+            )
         collected = executor.collect(handle, request)
         ok = status.state == JobState.SUCCEEDED
         if ok and collected.missing:

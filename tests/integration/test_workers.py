@@ -137,4 +137,8 @@ def test_cancel_stops_a_running_task(processes, tenant, author, tmp_path):
     wait_until(lambda: not pid_alive(pid), timeout=15, what="the cancelled process to stop")
     assert not marker.exists()
     assert states(run) == {"long": "CANCELLED", "after": "CANCELLED"}
+    from audit.models import AuditEntry
+
+    wait_until(lambda: AuditEntry.objects.filter(event="executor.cancelled", body__data__task="long").exists(),
+               timeout=10, what="the worker to record the stopped job")
     assert run_state(run) == "CANCELLED"
