@@ -80,7 +80,6 @@ def main() -> int:
 
     from bench.fanout import workflow
     from gateway.dispatch import RecordingDispatcher
-    from gateway.models import Run
     from gateway.services import run_submit
     from gateway.tenancy import member_create, tenant_create
     from gateway.worker import task_claim, task_execute, task_finish, task_run

@@ -41,7 +41,6 @@ from .spec import TaskSpec
 from .storage import get_store, tenant_key
 
 log = logging.getLogger(__name__)
-WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _engine(name: str):

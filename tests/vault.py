@@ -36,7 +36,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any
 
 from tests.servers import ProcessServer, ServerStartError, free_port

@@ -13,7 +13,7 @@ from django.db import connection
 
 from audit.export import audit_export
 from audit.keys import forget_signer, rotate_file_key
-from audit.models import AuditCheckpoint, AuditEntry, AuditHead, AuditKey, AuditLeaf, AuditNode, AuditPending
+from audit.models import AuditCheckpoint, AuditEntry, AuditKey, AuditLeaf
 from audit.sequencer import checkpoint_now, integrate
 from audit.services import audit_append
 from audit.verifier import verify_bundle

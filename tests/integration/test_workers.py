@@ -3,7 +3,6 @@ to end, a worker killed mid-task, racing workers and reconcilers, a lost message
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
