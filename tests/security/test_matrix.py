@@ -149,3 +149,19 @@ def test_another_tenant_sees_nothing(world, api, name):
         assert secret.encode() not in body, (name, secret)
     if name not in ("run-submit", "workflow-validate"):
         assert state(world) == before
+
+
+@pytest.mark.parametrize("page", ["run", "gate"])
+def test_portal_pages_hide_other_tenants_objects(world, client, page):
+    url = f"/runs/{world['run'].id}/" if page == "run" else f"/gates/{world['gate'].id}/"
+    anonymous = client.get(url)
+    assert anonymous.status_code == 302 and anonymous["Location"].startswith("/login/")
+    client.force_login(world["users"][("away", "all")])
+    foreign = client.get(url)
+    assert foreign.status_code == 404
+    assert str(world["run"].id).encode() not in foreign.content and b"matrix" not in foreign.content
+    if page == "gate":
+        refused = client.post(url, {"option": "confirm"})
+        assert refused.status_code == 404 and Decision.objects.count() == 0
+    client.force_login(world["users"][("home", "analyst")])
+    assert client.get(url).status_code == 200
