@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from datetime import timedelta
 
 import jsonschema
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from audit.canonical import canonical
 from audit.services import audit_append
 from gateway.choices import TaskState
 from gateway.engine import after_terminal, task_transition
@@ -19,10 +19,6 @@ from gateway.storage import get_store, tenant_key
 
 from .choices import GateState, OnTimeout, Outcome
 from .models import Decision, Gate, GateEligibility
-
-
-def canonical_json(value) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def _set_eligibility(gate: Gate, principals) -> None:
@@ -76,7 +72,7 @@ def _conclude(gate: Gate, task: TaskInstance, *, state: str, task_state: str, re
     gate.save(update_fields=["state", "decided_at", "outcome_reason"])
     if state == GateState.APPROVED:
         # The analyst's input becomes the gate's one artefact, the input of the tasks after it.
-        blob = get_store().put_bytes(tenant_key(task.tenant_id), canonical_json(input_value))
+        blob = get_store().put_bytes(tenant_key(task.tenant_id), canonical(input_value))
         Artefact.objects.create(
             tenant_id=task.tenant_id,
             run_id=task.run_id,
@@ -139,7 +135,7 @@ def gate_decide(*, gate: Gate, actor, option: str, input_value=None, comment: st
                 option=chosen["name"],
                 outcome=chosen["outcome"],
                 input=input_value,
-                input_digest=hashlib.sha256(canonical_json(input_value)).hexdigest(),
+                input_digest=hashlib.sha256(canonical(input_value)).hexdigest(),
                 comment=comment,
             )
             audit_append(

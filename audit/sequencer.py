@@ -9,7 +9,6 @@ an action's commit and its entry's integration is the sequencer's interval plus 
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from datetime import timedelta
 
@@ -19,6 +18,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from .canonical import canonical, rfc3339
+from .merkle import CompactRange, leaf_hash, node_hash
 from .models import AuditCheckpoint, AuditEntry, AuditHead, AuditLeaf, AuditNode, AuditPending
 
 log = logging.getLogger(__name__)
@@ -30,22 +30,9 @@ def tenant_tree(tenant_id: int) -> str:
     return f"tenant:{tenant_id}"
 
 
-def leaf_hash(data: bytes) -> bytes:
-    return hashlib.sha256(b"\x00" + data).digest()
-
-
-def node_hash(left: bytes, right: bytes) -> bytes:
-    return hashlib.sha256(b"\x01" + left + right).digest()
-
-
-def frontier_root(frontier: list[bytes]) -> bytes:
-    """RFC 6962 root of [0, size) from its compact range (perfect subtrees, largest first)."""
-    if not frontier:
-        return hashlib.sha256(b"").digest()
-    root = frontier[-1]
-    for left in reversed(frontier[:-1]):
-        root = node_hash(left, root)
-    return root
+def head_root(head: AuditHead) -> bytes:
+    """The RFC 6962 root of a tree from its head's compact range."""
+    return CompactRange.from_hashes(0, head.size, [bytes.fromhex(h) for h in head.frontier]).root()
 
 
 class _Tree:
@@ -168,7 +155,7 @@ def _sign(head: AuditHead, now) -> AuditCheckpoint:
     from .note import checkpoint_text, sign_note
 
     signer = get_signer()
-    root = frontier_root([bytes.fromhex(h) for h in head.frontier])
+    root = head_root(head)
     origin = origin_of(head.tree, head.tenant.slug if head.tenant_id else None)
     text = checkpoint_text(origin, head.size, root, time=now)
     note = sign_note(text, [signer])

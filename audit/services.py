@@ -184,13 +184,3 @@ def audit_append_many(records: list[dict]) -> list[AuditEntry]:
             for entry, (entry_id,) in zip(chunk, sorted(cursor.fetchall())):
                 entry.id = entry_id
     return entries
-
-
-def audit_denial(*, actor=None, tenant_id=None, code: str, message: str = "", object_type: str = "",
-                 object_id: str = "", data: dict | None = None) -> AuditEntry:
-    """A refusal, recorded durably in its own transaction even when the caller's rolls back.
-    (Outside any transaction it commits at once; inside one, callers use it after leaving it.)"""
-    return audit_append(
-        event="access.denied", tenant_id=tenant_id, actor=actor, object_type=object_type, object_id=object_id,
-        outcome="denied", error_code=code, data={"message": message[:500], **(data or {})},
-    )

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import re
 from typing import Any
 
@@ -34,6 +33,8 @@ import hvac.exceptions
 import requests
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from .note import ALG_ED25519, NoteVerifier, key_id
 
 __all__ = [
     "ALG_ED25519",
@@ -44,7 +45,6 @@ __all__ = [
     "vault_client_from_approle",
 ]
 
-ALG_ED25519 = 0x01
 _SIGNATURE_RE = re.compile(r"^vault:v(\d+):(.+)$", re.DOTALL)
 _VAULT_ERRORS = (hvac.exceptions.VaultError, requests.RequestException)
 
@@ -63,16 +63,14 @@ def note_key_id(name: str, public_key: bytes) -> int:
     """C2SP key hash of an Ed25519 note key: big-endian uint32 of SHA-256(name \\n 0x01 pubkey)[:4]."""
     if len(public_key) != 32:
         raise ValueError(f"Ed25519 public key must be 32 bytes, got {len(public_key)}")
-    digest = hashlib.sha256(name.encode("utf-8") + b"\n" + bytes([ALG_ED25519]) + public_key).digest()
-    return int.from_bytes(digest[:4], "big")
+    return key_id(name, public_key)
 
 
 def note_verifier_key(name: str, public_key: bytes) -> str:
     """C2SP verifier key string ``<name>+<8 hex keyid>+<base64(0x01 || pubkey)>``."""
     _check_note_name(name)
-    key_id = note_key_id(name, public_key)
-    encoded = base64.b64encode(bytes([ALG_ED25519]) + public_key).decode("ascii")
-    return f"{name}+{key_id:08x}+{encoded}"
+    note_key_id(name, public_key)  # checks the key length
+    return NoteVerifier.from_public_key(name, public_key).key_string()
 
 
 def _vault_error(action: str, exc: BaseException) -> SigningError:

@@ -16,6 +16,8 @@ from django.db import connection
 from django.db.models import F
 from django.utils import timezone
 
+from audit.services import audit_append, audit_append_many
+
 from .choices import ALLOWED_TRANSITIONS, RUN_TERMINAL, TASK_TERMINAL, RunState, TaskKind, TaskState
 from .dispatch import dispatch_on_commit
 from .models import Run, TaskInstance, TaskTransition
@@ -59,8 +61,6 @@ def task_transition(
         setattr(task, name, value)
     if save:
         task.save(update_fields=sorted(changed))
-    from audit.services import audit_append
-
     audit_append(
         event="task.transition", tenant_id=task.tenant_id, actor=actor, object_type="task", object_id=str(task.id),
         label=task.classification,
@@ -122,8 +122,6 @@ def _bulk_transition(tasks: list[TaskInstance], to_state: str, *, id_prefix: str
         for name, value in fields.items():
             setattr(task, name, value)
     TaskTransition.objects.bulk_create(history)
-    from audit.services import audit_append_many
-
     audit_append_many([
         {"event": "task.transition", "tenant_id": t.tenant_id, "object_type": "task", "object_id": t.id,
          "label": t.classification,
@@ -226,8 +224,6 @@ def run_close_if_done(run_id) -> Run | None:
         run.state, run.reason = RunState.CANCELLED, run.reason or "cancelled"
     run.finished_at = timezone.now()
     run.save(update_fields=["state", "reason", "finished_at"])
-    from audit.services import audit_append
-
     audit_append(event="run.finished", tenant_id=run.tenant_id, obj=run, data={"state": run.state, "reason": run.reason[:500]})
     return run
 

@@ -19,7 +19,7 @@ from audit.export import ExportError, audit_export
 from audit.models import AuditCheckpoint, AuditHead, AuditKey
 from audit.note import NoteError, NoteVerifier, open_note
 from audit.selectors import audit_entries_for_user, audit_scope_for_user
-from audit.sequencer import GLOBAL, frontier_root, tenant_tree
+from audit.sequencer import GLOBAL, head_root, tenant_tree
 from audit.services import audit_append
 from audit.witness import get_witness
 from gateway.errors import ErrorCode, GatehouseError
@@ -133,7 +133,7 @@ class AuditCheckpointLatestApi(APIView):
             signature_valid = False
         outside = get_witness().read_all(tree).get(checkpoint.size)
         head = AuditHead.objects.filter(tree=tree).first()
-        current_root = frontier_root([bytes.fromhex(h) for h in head.frontier]).hex() if head else None
+        current_root = head_root(head).hex() if head else None
         return Response({
             "tree": tree, "size": checkpoint.size, "root": checkpoint.root, "key_id": checkpoint.key_id,
             "time": rfc3339(checkpoint.created_at), "note": checkpoint.note,

@@ -12,7 +12,8 @@ from django.db import connection, connections, transaction
 from audit.canonical import canonical
 from audit.models import AuditCheckpoint, AuditEntry, AuditHead, AuditLeaf, AuditNode, AuditPending
 from audit.note import NoteVerifier, open_note, parse_checkpoint
-from audit.sequencer import GLOBAL, frontier_root, integrate, leaf_hash, node_hash, tenant_tree
+from audit.merkle import leaf_hash, node_hash
+from audit.sequencer import GLOBAL, head_root, integrate, tenant_tree
 from audit.services import audit_append, hmac_value
 from audit.witness import get_witness
 from gateway.models import Run
@@ -73,10 +74,10 @@ def check_log() -> None:
     hashes = [bytes(leaf.leaf_hash) for leaf in leaves]
     head = AuditHead.objects.get(tree=GLOBAL)
     assert head.size == len(leaves)
-    assert frontier_root([bytes.fromhex(h) for h in head.frontier]) == mth(hashes)
+    assert head_root(head) == mth(hashes)
     for tenant_id, chain in per_tenant.items():
         tenant_head = AuditHead.objects.get(tree=tenant_tree(tenant_id))
-        assert frontier_root([bytes.fromhex(h) for h in tenant_head.frontier]) == mth([bytes(x.leaf_hash) for x in chain])
+        assert head_root(tenant_head) == mth([bytes(x.leaf_hash) for x in chain])
     for node in AuditNode.objects.filter(tree=GLOBAL):
         size = 1 << node.level
         assert bytes(node.hash) == mth(hashes[node.index * size:(node.index + 1) * size])
