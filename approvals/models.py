@@ -6,6 +6,7 @@ import uuid
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 
 from gateway.models import Run, TaskInstance, Tenant
 
@@ -41,6 +42,10 @@ class Gate(models.Model):
             models.Index(fields=["tenant", "state", "-opened_at"]),
             models.Index(fields=["deadline"], condition=Q(state="OPEN"), name="gate_open_deadline"),
         ]
+        # A per-object grant (django-guardian) for what does not follow from roles: a tenant admin
+        # assigns one analyst to one gate. Never granted globally: every check passes
+        # accept_global_perms=False, so a global grant could not cross tenants even if one were made.
+        permissions = [("decide_gate", "May decide this gate without being among its approvers")]
 
     def option(self, name: str) -> dict | None:
         return next((o for o in self.options if o["name"] == name), None)
@@ -77,3 +82,14 @@ class GateEligibility(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["gate", "principal"], name="gate_principal_once")]
         indexes = [models.Index(fields=["principal", "gate"])]
+
+
+class GateUserObjectPermission(UserObjectPermissionBase):
+    """Direct foreign-key table for per-gate user grants (not guardian's generic one), so a grant
+    is a real reference to the gate and disappears with it."""
+
+    content_object = models.ForeignKey(Gate, on_delete=models.CASCADE)
+
+
+class GateGroupObjectPermission(GroupObjectPermissionBase):
+    content_object = models.ForeignKey(Gate, on_delete=models.CASCADE)

@@ -10,6 +10,9 @@ EVENTS = frozenset(
         # tenancy and administration
         "tenant.created",
         "member.created",
+        "clearance.granted",
+        "clearance.changed",
+        "clearance.revoked",
         "audit.key_created",
         "audit.key_retired",
         # runs and the engine
@@ -31,6 +34,8 @@ EVENTS = frozenset(
         "gate.rejected",
         "gate.expired",
         "gate.escalated",
+        "gate.assigned",  # a tenant admin granted one user the right to decide one gate
+        "gate.unassigned",
         # reads of content
         "artefact.read",
         "audit.searched",

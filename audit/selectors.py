@@ -1,5 +1,6 @@
 """Reads of the audit log, scoped: a tenant's auditor sees that tenant's entries; a platform
-auditor sees every entry (and may narrow to one tenant)."""
+auditor sees every entry (and may narrow to one tenant). Either sees only entries whose label
+their clearance dominates, and entries that touched nothing labelled."""
 from __future__ import annotations
 
 from django.db.models import QuerySet
@@ -7,7 +8,7 @@ from django.db.models import QuerySet
 from gateway.choices import Role
 from gateway.errors import NotFound
 from gateway.models import Tenant
-from gateway.selectors import membership_for
+from gateway.selectors import Scope, membership_for, scope_for
 
 from .models import AuditEntry
 
@@ -31,7 +32,21 @@ def audit_scope_for_user(user, tenant_slug: str | None = None) -> Tenant | None:
     return membership.tenant
 
 
+def audit_label_scope(user, tenant: Tenant | None) -> Scope:
+    """The caller's clearance scope over the log of `tenant` (None: the whole log)."""
+    wide = scope_for(user, every_tenant=is_platform_auditor(user))
+    return Scope(tenant.id if tenant is not None else None, wide.banners)
+
+
 def audit_entries_for_user(user, tenant_slug: str | None = None) -> QuerySet[AuditEntry]:
-    scope = audit_scope_for_user(user, tenant_slug)
+    tenant = audit_scope_for_user(user, tenant_slug)
     entries = AuditEntry.objects.select_related("leaf", "tenant")
-    return entries if scope is None else entries.filter(tenant=scope)
+    return audit_label_scope(user, tenant).apply(entries, label_field="label", unlabelled=True)
+
+
+def audit_export_allowed(user, tenant: Tenant | None) -> bool:
+    """A bundle holds every entry of its log (its proofs need them all), so it may be exported only
+    by someone whose clearance covers every label in that log. One scan of the log's labels."""
+    scope = audit_label_scope(user, tenant)
+    entries = AuditEntry.objects.all() if tenant is None else AuditEntry.objects.filter(tenant=tenant)
+    return not entries.exclude(label="").exclude(label__in=sorted(scope.banners)).exists()

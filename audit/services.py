@@ -57,9 +57,27 @@ def _actor_snapshot(actor) -> dict | None:
         "username": actor.get_username(),
         "roles": sorted(membership.roles) if membership else [],
         "groups": sorted(membership.groups) if membership else [],
-        "clearance": None,
+        "clearance": _clearance_snapshot(actor, membership),
         "auth": context.current().auth_method,
     }
+
+
+def _clearance_snapshot(actor, membership) -> list[dict] | None:
+    """The clearances the actor held when they acted (read once per user object, i.e. per request)."""
+    if membership is None:
+        return None
+    cached = getattr(actor, "_audit_clearance_snapshot", None)
+    if cached is None:
+        from gateway.models import Clearance
+
+        cached = [
+            {"policy": p, "max_level": lvl, "compartments": sorted(c), "releasability": sorted(r), "status": st,
+             "revision": rev}
+            for p, lvl, c, r, st, rev in Clearance.objects.filter(user_id=actor.pk, tenant_id=membership.tenant_id)
+            .order_by("policy").values_list("policy", "max_level", "compartments", "releasability", "status", "revision")
+        ]
+        actor._audit_clearance_snapshot = cached
+    return cached
 
 
 def _entry(*, event, tenant_id, actor, object_type, object_id, label, outcome, error_code, data, secrets) -> AuditEntry:

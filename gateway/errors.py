@@ -19,6 +19,11 @@ class ErrorCode:
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     THROTTLED = "throttled"
     NO_TENANT = "no_tenant"
+    # classification and clearances
+    LABEL_INVALID = "label_invalid"
+    LABEL_ABOVE_CLEARANCE = "label_above_clearance"
+    CLEARANCE_INVALID = "clearance_invalid"
+    CLEARANCE_SELF = "clearance_self"
     # workflows and runs
     SPEC_INVALID = "spec_invalid"
     UNKNOWN_BACKEND = "unknown_backend"
@@ -30,6 +35,7 @@ class ErrorCode:
     GATE_UNKNOWN_OPTION = "gate_unknown_option"
     GATE_INPUT_INVALID = "gate_input_invalid"
     GATE_NOT_APPROVER = "gate_not_approver"
+    ASSIGNEE_NOT_CLEARED = "assignee_not_cleared"
     # artefacts
     ARTEFACT_UNAVAILABLE = "artefact_unavailable"
 

@@ -133,3 +133,50 @@ class Artefact(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["task", "attempt", "name"], name="artefact_unique_per_attempt")
         ]
+
+
+class ClassificationLabel(models.Model):
+    """A label in use in a tenant, registered once when a run that carries it is submitted.
+
+    Labelled rows (runs, tasks, gates, artefacts, audit entries) keep their label as the canonical
+    banner in `classification` (audit: `label`). What a caller may read is the set of registered
+    banners their clearance dominates, computed in Python (the lattice is not SQL) and applied as
+    `classification IN (...)`: a row whose banner is not registered, or not dominated, is not found.
+    """
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
+    policy = models.CharField(max_length=64)
+    banner = models.CharField(max_length=1024)
+    digest = models.CharField(max_length=64)  # SHA-256 of the canonical form (gateway.labels.Label.digest)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["tenant", "digest"], name="label_once_per_tenant")]
+
+
+class ClearanceStatus(models.TextChoices):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    REVOKED = "revoked"
+
+
+class Clearance(models.Model):
+    """What one member of a tenant may read under one policy (see gateway.labels.Clearance).
+    No clearance, or one that is not active and inside its window, reads nothing labelled."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="clearances")
+    policy = models.CharField(max_length=64)
+    max_level = models.CharField(max_length=64)  # the level's name, so adding levels to a policy changes nothing
+    compartments = models.JSONField(default=list)
+    releasability = models.JSONField(default=list)  # the codes the holder belongs to
+    valid_from = models.DateTimeField(null=True, blank=True)
+    valid_until = models.DateTimeField(null=True, blank=True)
+    status = models.CharField(max_length=16, choices=ClearanceStatus.choices, default=ClearanceStatus.ACTIVE)
+    revision = models.IntegerField(default=1)
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+                                   related_name="+")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["tenant", "user", "policy"], name="clearance_once_per_policy")]

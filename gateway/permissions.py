@@ -31,3 +31,10 @@ class IsAuditor(IsTenantMember):
 
     def has_permission(self, request, view) -> bool:
         return super().has_permission(request, view) and has_role(request.user, Role.AUDITOR, Role.PLATFORM_AUDITOR)
+
+
+class IsTenantAdmin(IsTenantMember):
+    message = "Managing a tenant's users and clearances needs the tenant admin role."
+
+    def has_permission(self, request, view) -> bool:
+        return super().has_permission(request, view) and has_role(request.user, Role.TENANT_ADMIN)

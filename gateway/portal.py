@@ -32,7 +32,7 @@ def run_page(request, run_id):
         run = selectors.run_get_for_user(run_id, request.user)
     except GatehouseError as exc:
         return render(request, "error.html", {"error": exc}, status=exc.status)
-    tasks = selectors.task_list_for_run(run)
+    tasks = selectors.task_list_for_run(run, request.user)
     artefacts = selectors.artefact_list_for_user(request.user).filter(run=run).order_by("created_at")
     gates = gate_selectors.gate_list_for_user(request.user).filter(run=run)
     return render(request, "run.html", {"run": run, "tasks": tasks, "artefacts": artefacts, "gates": gates})

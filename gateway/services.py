@@ -8,9 +8,12 @@ from django.db import transaction
 from audit.services import audit_append
 from executors.registry import known_backends
 
+from .clearances import labels_register, require_clearance, workflow_labels
+from .labels import format_label
+from .selectors import visible_to
 from .choices import RUN_TERMINAL, TASK_TERMINAL, TaskKind, TaskState
 from .engine import lock_tasks, make_ready, run_close_if_done, task_transition
-from .errors import Conflict, ErrorCode, GatehouseError
+from .errors import Conflict, ErrorCode, GatehouseError, NotFound
 from .models import Run, TaskInstance, Tenant
 from .spec import Limits, SpecError, Workflow, parse_workflow
 
@@ -40,6 +43,7 @@ def workflow_parse(source: bytes | str, *, filename: str = "<submitted>") -> Wor
             "Some tasks name a backend this gateway does not have.",
             detail=[{"task": t.id, "line": t.line, "backend": t.backend} for t in unknown],
         )
+    workflow_labels(workflow)  # every classification must be a label: label_invalid otherwise
     return workflow
 
 
@@ -47,16 +51,20 @@ def run_submit(*, tenant: Tenant, actor, source: bytes | str, filename: str = "<
     """Validate a workflow and start a run of it: every task is created in topological order,
     the roots are queued (or opened, for gates), and their dispatch is sent after commit."""
     workflow = workflow_parse(source, filename=filename)
+    labels = workflow_labels(workflow)
+    # Nobody creates what they could not read.
+    require_clearance(actor, tenant.id, labels.all(), what="The workflow")
     text = source.decode("utf-8") if isinstance(source, bytes) else source
     dependants = workflow.dependants()
     with transaction.atomic():
+        labels_register(tenant.id, labels.all())
         run = Run.objects.create(
             tenant=tenant,
             submitter=actor,
             name=workflow.name,
             spec_source=text,
             spec_digest=workflow.digest,
-            classification=workflow.classification,
+            classification=format_label(labels.run),
         )
         rows = [
             TaskInstance(
@@ -68,7 +76,7 @@ def run_submit(*, tenant: Tenant, actor, source: bytes | str, filename: str = "<
                 dependants=list(dependants.get(spec.id, ())),
                 needs_remaining=len(spec.needs),
                 backend=spec.backend if spec.kind == TaskKind.TASK else "",
-                classification=spec.classification,
+                classification=format_label(labels.tasks[spec.id]),  # at least what it reads
             )
             for spec in (workflow.task(key) for key in workflow.topological_order())
         ]
@@ -87,6 +95,8 @@ def run_submit(*, tenant: Tenant, actor, source: bytes | str, filename: str = "<
 def run_cancel(*, run: Run, actor, reason: str = "cancelled") -> Run:
     """Cancel every open task of a run. Queued tasks never start (their message becomes a no-op);
     a running task's worker sees the cancellation at its next heartbeat and stops the process."""
+    if actor is not None and not visible_to(run, actor):
+        raise NotFound("No such run.")
     with transaction.atomic():
         open_ids = (
             TaskInstance.objects.filter(run_id=run.id).exclude(state__in=TASK_TERMINAL).values_list("id", flat=True)

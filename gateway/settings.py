@@ -222,6 +222,9 @@ GATEHOUSE_SPEC_LIMITS = {
     "max_scalar_len": env.int("GATEHOUSE_SPEC_MAX_SCALAR_LEN", default=200_000),
 }
 # Largest analyst form input accepted with a decision.
+# Classification policies (gateway/labels.py): a JSON file of {"default": NAME, "policies": [...]};
+# without one, the built-in policy GH (UNCLASSIFIED < RESTRICTED < CONFIDENTIAL < SECRET < TOP SECRET).
+GATEHOUSE_LABEL_POLICIES_FILE = env.str("GATEHOUSE_LABEL_POLICIES_FILE", default="")
 GATEHOUSE_MAX_DECISION_INPUT_BYTES = env.int("GATEHOUSE_MAX_DECISION_INPUT_BYTES", default=1_000_000)
 DATA_UPLOAD_MAX_MEMORY_SIZE = GATEHOUSE_SPEC_LIMITS["max_bytes"] + 65536
 

@@ -18,7 +18,9 @@ def tenant_create(*, slug: str, name: str, actor=None) -> Tenant:
 
 
 def member_create(*, tenant: Tenant, username: str, roles: list[str], groups: list[str] | None = None,
-                  password: str | None = None, email: str = "", actor=None):
+                  password: str | None = None, email: str = "", actor=None, clearance=None):
+    """A user in `tenant` with `roles`; with `clearance` (a gateway.clearances.ClearanceInput) they
+    may read what it dominates, without one nothing labelled."""
     unknown = set(roles) - set(Role.values)
     if unknown:
         raise ValueError(f"unknown roles: {sorted(unknown)}")
@@ -28,4 +30,8 @@ def member_create(*, tenant: Tenant, username: str, roles: list[str], groups: li
         audit_append(event="member.created", tenant=tenant, actor=actor, object_type="user", object_id=str(user.pk),
                      data={"username": username, "roles": sorted(roles), "groups": sorted(groups or []),
                            "password_set": bool(password)})
+        if clearance is not None:
+            from .clearances import clearance_set
+
+            clearance_set(tenant=tenant, user=user, data=clearance, actor=actor)
     return user

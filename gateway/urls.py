@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView
 from approvals.api import views as gate_views
 from audit.api import views as audit_views
 from gateway import auth_views, portal
+from gateway.api import clearances as clearance_api
 from gateway.api import views as api
 
 api_v1 = [
@@ -19,6 +20,11 @@ api_v1 = [
     path("gates", gate_views.GateListApi.as_view(), name="gate-list"),
     path("gates/<uuid:gate_id>", gate_views.GateDetailApi.as_view(), name="gate-detail"),
     path("gates/<uuid:gate_id>/decide", gate_views.GateDecideApi.as_view(), name="gate-decide"),
+    path("gates/<uuid:gate_id>/assignees", gate_views.GateAssigneeListApi.as_view(), name="gate-assignees"),
+    path("gates/<uuid:gate_id>/assignees/<int:user_id>", gate_views.GateAssigneeDetailApi.as_view(),
+         name="gate-assignee-detail"),
+    path("tenant/clearances", clearance_api.ClearanceListApi.as_view(), name="clearance-list"),
+    path("tenant/clearances/<int:clearance_id>", clearance_api.ClearanceDetailApi.as_view(), name="clearance-detail"),
     path("audit/entries", audit_views.AuditEntryListApi.as_view(), name="audit-entries"),
     path("audit/export", audit_views.AuditExportApi.as_view(), name="audit-export"),
     path("audit/checkpoints/latest", audit_views.AuditCheckpointLatestApi.as_view(), name="audit-checkpoint-latest"),

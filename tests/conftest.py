@@ -43,10 +43,17 @@ def make_member(db):
 
     counter = iter(range(10_000))
 
-    def make(tenant, *roles: str, groups=(), username: str | None = None):
+    def make(tenant, *roles: str, groups=(), username: str | None = None, clearance: str | None = "TOP SECRET",
+             compartments=(), releasability=()):
+        """A member; by default cleared to TOP SECRET without compartments or codes (labels with
+        compartments or REL TO need them given); clearance=None: no clearance at all."""
+        from gateway.clearances import ClearanceInput
+
         return member_create(
             tenant=tenant, username=username or f"{'-'.join(roles) or 'user'}-{tenant.slug}-{next(counter)}",
             roles=list(roles), groups=list(groups), password="pw",
+            clearance=None if clearance is None else ClearanceInput(
+                policy=None, max_level=clearance, compartments=list(compartments), releasability=list(releasability)),
         )
 
     return make

@@ -1,6 +1,7 @@
 from rest_framework import serializers
 
 from approvals.models import Decision, Gate
+from gateway.api.strict import StrictSerializer
 
 
 class DecisionSerializer(serializers.ModelSerializer):
@@ -32,7 +33,7 @@ class GateDetailSerializer(GateSerializer):
         fields = GateSerializer.Meta.fields + ["decisions"]
 
 
-class GateDecideSerializer(serializers.Serializer):
+class GateDecideSerializer(StrictSerializer):
     option = serializers.CharField(max_length=100)
     input = serializers.JSONField(required=False, allow_null=True, default=None)
     comment = serializers.CharField(required=False, default="", allow_blank=True, max_length=5000)

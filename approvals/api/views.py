@@ -4,14 +4,18 @@ from __future__ import annotations
 import json
 
 from django.conf import settings
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import serializers
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from approvals import selectors, services
 from audit.services import audit_append
+from gateway.api.strict import StrictSerializer
+from gateway.clearances import member_of_tenant
 from gateway.errors import ErrorCode, GatehouseError
+from gateway.permissions import IsTenantAdmin
 
 from .serializers import DecisionSerializer, GateDecideSerializer, GateDetailSerializer, GateSerializer
 
@@ -58,3 +62,38 @@ class GateDecideApi(APIView):
             gate=gate, actor=request.user, option=data["option"], input_value=data["input"], comment=data["comment"]
         )
         return Response(DecisionSerializer(decision).data, status=201)
+
+
+class GateAssigneeSerializer(StrictSerializer):
+    user_id = serializers.IntegerField()
+
+
+class GateAssigneeListApi(APIView):
+    """Tenant admins assign one member to decide one gate (a per-object grant)."""
+
+    permission_classes = [IsTenantAdmin]
+
+    @extend_schema(responses=OpenApiResponse(description="the members assigned to the gate"))
+    def get(self, request, gate_id):
+        gate = selectors.gate_get_for_user(gate_id, request.user)
+        return Response({"assignees": selectors.gate_assignees(gate)})
+
+    @extend_schema(request=GateAssigneeSerializer, responses={201: OpenApiResponse(description="assigned")})
+    def post(self, request, gate_id):
+        gate = selectors.gate_get_for_user(gate_id, request.user)
+        serializer = GateAssigneeSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        member = member_of_tenant(gate.tenant, serializer.validated_data["user_id"])
+        services.gate_assign(gate=gate, user=member.user, actor=request.user)
+        return Response({"assignees": selectors.gate_assignees(gate)}, status=201)
+
+
+class GateAssigneeDetailApi(APIView):
+    permission_classes = [IsTenantAdmin]
+
+    @extend_schema(responses=OpenApiResponse(description="unassigned"))
+    def delete(self, request, gate_id, user_id):
+        gate = selectors.gate_get_for_user(gate_id, request.user)
+        member = member_of_tenant(gate.tenant, user_id)
+        services.gate_unassign(gate=gate, user=member.user, actor=request.user)
+        return Response({"assignees": selectors.gate_assignees(gate)})

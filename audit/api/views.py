@@ -18,11 +18,11 @@ from audit.canonical import rfc3339
 from audit.export import ExportError, audit_export
 from audit.models import AuditCheckpoint, AuditHead, AuditKey
 from audit.note import NoteError, NoteVerifier, open_note
-from audit.selectors import audit_entries_for_user, audit_scope_for_user
+from audit.selectors import audit_entries_for_user, audit_export_allowed, audit_scope_for_user
 from audit.sequencer import GLOBAL, head_root, tenant_tree
 from audit.services import audit_append
 from audit.witness import get_witness
-from gateway.errors import ErrorCode, GatehouseError
+from gateway.errors import ErrorCode, Forbidden, GatehouseError
 from gateway.permissions import IsAuditor
 
 
@@ -98,6 +98,9 @@ class AuditExportApi(APIView):
     def get(self, request):
         scope = audit_scope_for_user(request.user, request.query_params.get("tenant"))
         since, until = _time(request, "since"), _time(request, "until")
+        if not audit_export_allowed(request.user, scope):
+            raise Forbidden(ErrorCode.LABEL_ABOVE_CLEARANCE,
+                            "This log holds entries above your clearance; a bundle must hold every entry.")
         workdir = tempfile.mkdtemp(prefix="gatehouse-export-")
         try:
             summary = audit_export(os.path.join(workdir, "bundle"), tenant=scope, since=since, until=until, actor=request.user)

@@ -1,6 +1,9 @@
 from rest_framework import serializers
 
 from gateway.models import Artefact, Run, TaskInstance
+from gateway.selectors import task_list_for_run
+
+from .strict import StrictSerializer
 
 
 class ArtefactSerializer(serializers.ModelSerializer):
@@ -44,20 +47,24 @@ class RunDetailSerializer(RunSerializer):
     class Meta(RunSerializer.Meta):
         fields = RunSerializer.Meta.fields + ["counts", "tasks"]
 
+    def _tasks(self, obj):
+        # Only the tasks the caller may see: the view passes the caller in the context.
+        return task_list_for_run(obj, self.context["user"])
+
     def get_tasks(self, obj) -> list[dict]:
-        return TaskSerializer(obj.tasks.order_by("id"), many=True).data
+        return TaskSerializer(self._tasks(obj), many=True).data
 
     def get_counts(self, obj) -> dict[str, int]:
         counts: dict[str, int] = {}
-        for state in obj.tasks.values_list("state", flat=True):
+        for state in self._tasks(obj).values_list("state", flat=True):
             counts[state] = counts.get(state, 0) + 1
         return counts
 
 
-class RunSubmitSerializer(serializers.Serializer):
+class RunSubmitSerializer(StrictSerializer):
     source = serializers.CharField(help_text="The workflow YAML.", trim_whitespace=False)
     filename = serializers.CharField(required=False, default="<submitted>")
 
 
-class RunCancelSerializer(serializers.Serializer):
+class RunCancelSerializer(StrictSerializer):
     reason = serializers.CharField(required=False, default="cancelled by user", max_length=500)

@@ -62,13 +62,13 @@ class RunListCreateApi(APIView):
         membership = selectors.membership_for(request.user)
         source, filename = _submitted_source(request)
         run = services.run_submit(tenant=membership.tenant, actor=request.user, source=source, filename=filename)
-        return Response(RunDetailSerializer(run).data, status=status.HTTP_201_CREATED)
+        return Response(RunDetailSerializer(run, context={"user": request.user}).data, status=status.HTTP_201_CREATED)
 
 
 class RunDetailApi(APIView):
     @extend_schema(responses=RunDetailSerializer)
     def get(self, request, run_id):
-        return Response(RunDetailSerializer(selectors.run_get_for_user(run_id, request.user)).data)
+        return Response(RunDetailSerializer(selectors.run_get_for_user(run_id, request.user), context={"user": request.user}).data)
 
 
 class RunCancelApi(APIView):
@@ -80,7 +80,7 @@ class RunCancelApi(APIView):
         serializer = RunCancelSerializer(data=request.data or {})
         serializer.is_valid(raise_exception=True)
         run = services.run_cancel(run=run, actor=request.user, reason=serializer.validated_data["reason"])
-        return Response(RunDetailSerializer(run).data)
+        return Response(RunDetailSerializer(run, context={"user": request.user}).data)
 
 
 class RunArtefactListApi(APIView):

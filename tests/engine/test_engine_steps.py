@@ -269,7 +269,10 @@ def test_decisions_are_checked_before_anything_is_written(recording, tenant, aut
         (analyst, "confirm", {"labels": "nope"}, ErrorCode.GATE_INPUT_INVALID),
         (analyst, "confirm", None, ErrorCode.GATE_INPUT_INVALID),
         (author, "confirm", {"labels": []}, ErrorCode.GATE_NOT_APPROVER),
-        (make_member(other_tenant, "analyst"), "confirm", {"labels": []}, ErrorCode.GATE_NOT_APPROVER),
+        # Another tenant's gate is not found, even when the service is called directly.
+        (make_member(other_tenant, "analyst"), "confirm", {"labels": []}, ErrorCode.NOT_FOUND),
+        # So is a gate above the caller's clearance.
+        (make_member(tenant, "analyst", clearance=None), "confirm", {"labels": []}, ErrorCode.NOT_FOUND),
     ]
     for actor, option, value, code in cases:
         with pytest.raises(GatehouseError) as exc:

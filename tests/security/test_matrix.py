@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 
-from approvals.models import Decision, Gate
-from gateway.models import Artefact, Run, TaskInstance
+from approvals.models import Decision, Gate, GateUserObjectPermission
+from gateway.models import Artefact, Clearance, Membership, Run, TaskInstance
 from gateway.worker import task_execute
 
 from tests.engine.driver import workflow
@@ -21,7 +21,7 @@ WORKFLOW = workflow(
     {"id": "make", "run": "echo hi > out.txt", "outputs": [{"name": "out", "path": "out.txt"}]},
     {"id": "check", "type": "gate", "needs": ["make"], "shows": ["make/out"]},
     name="matrix",
-)
+).replace("apiVersion: gatehouse/v1\n", "apiVersion: gatehouse/v1\nclassification: SECRET\n")
 ANY = set(ROLES)
 # url name -> (method, roles of the same tenant allowed, status when allowed, status for another tenant)
 MATRIX = {
@@ -40,7 +40,16 @@ MATRIX = {
     "audit-entries": ("get", {"auditor", "platform_auditor"}, 200, None),
     "audit-export": ("get", {"auditor", "platform_auditor"}, 200, None),
     "audit-checkpoint-latest": ("get", {"auditor", "platform_auditor"}, 200, None),
+    "gate-assignees": ("get", {"tenant_admin"}, 200, 404),
+    "gate-assign": ("post", {"tenant_admin"}, 201, 404),  # same URL as gate-assignees
+    "gate-assignee-detail": ("delete", {"tenant_admin"}, 200, 404),  # unassign the member assigned in `world`
+    "clearance-list": ("get", {"tenant_admin"}, 200, 200),  # their own tenant's clearances only
+    "clearance-set": ("post", {"tenant_admin"}, 200, 404),  # same URL as clearance-list; the target is a home analyst
+    "clearance-detail": ("get", {"tenant_admin"}, 200, 404),
+    "clearance-revoke": ("delete", {"tenant_admin"}, 200, 404),  # same URL as clearance-detail
 }
+# Rows that share another row's URL (another method of the same endpoint).
+SAME_URL = {"run-submit": "run-list", "gate-assign": "gate-assignees", "clearance-set": "clearance-list", "clearance-revoke": "clearance-detail", "tenant-user-create": "tenant-user-list", "tenant-user-update": "tenant-user-detail"}
 PUBLIC = {"workflow-schema"}
 
 
@@ -72,17 +81,24 @@ def world(db, recording, settings, tmp_path, make_tenant, make_member):
 
     forget_signer()
     _witness.cache_clear()
+    from approvals.services import gate_assign
     from gateway.services import run_submit
 
     home, away = make_tenant(), make_tenant()
     users = {("home", r): make_member(home, r) for r in ROLES}
     # Every tenant role in the other tenant (not platform_auditor: reading all tenants' logs is that role's job).
     users[("away", "all")] = make_member(away, *[r for r in ROLES if r != "platform_auditor"])
+    # Every role in the home tenant, but cleared below the run's SECRET.
+    users[("home", "low")] = make_member(home, *ROLES, clearance="CONFIDENTIAL")
     run = run_submit(tenant=home, actor=users[("home", "author")], source=WORKFLOW)
     make = TaskInstance.objects.get(run=run, key="make")
     assert task_execute(make.id, make.attempt) == "succeeded"
-    yield {"home": home, "away": away, "users": users, "run": run, "gate": Gate.objects.get(run=run),
-           "artefact": Artefact.objects.get(run=run, name="out")}
+    gate = Gate.objects.get(run=run)
+    users[("home", "assigned")] = make_member(home, "author")  # assigned to the gate by a per-object grant
+    gate_assign(gate=gate, user=users[("home", "assigned")], actor=None)
+    yield {"home": home, "away": away, "users": users, "run": run, "gate": gate,
+           "artefact": Artefact.objects.get(run=run, name="out"),
+           "clearance": Clearance.objects.get(user=users[("home", "analyst")])}
     forget_signer()
     _witness.cache_clear()
 
@@ -96,21 +112,40 @@ def call(client, name: str, w: dict):
         kwargs = {"run_id": w["run"].id}
     elif name in ("artefact-detail", "artefact-content"):
         kwargs = {"artefact_id": w["artefact"].id}
-    elif name in ("gate-detail", "gate-decide"):
+    elif name in ("gate-detail", "gate-decide", "gate-assignees", "gate-assign"):
         kwargs = {"gate_id": w["gate"].id}
-    url = reverse("run-list" if name == "run-submit" else name, kwargs=kwargs)
+    elif name == "gate-assignee-detail":
+        kwargs = {"gate_id": w["gate"].id, "user_id": w["users"][("home", "assigned")].pk}
+    elif name in ("clearance-detail", "clearance-revoke"):
+        kwargs = {"clearance_id": w["clearance"].id}
+    elif name in ("tenant-user-detail", "tenant-user-update"):
+        kwargs = {"user_id": w["users"][("home", "analyst")].pk}
+    url = reverse(SAME_URL.get(name, name), kwargs=kwargs)
     if name in ("workflow-validate", "run-submit"):
         return client.post(url, data=WORKFLOW, content_type="application/yaml")
     if name == "gate-decide":
         return client.post(url, {"option": "confirm"}, format="json")
     if name == "run-cancel":
         return client.post(url, {}, format="json")
+    if name == "gate-assign":
+        return client.post(url, {"user_id": w["users"][("home", "auditor")].pk}, format="json")
+    if name == "clearance-set":
+        target = w["users"][("home", "analyst")]
+        return client.post(url, {"user_id": target.pk, "max_level": "TOP SECRET", "compartments": ["X"]}, format="json")
+    if name == "tenant-user-create":
+        return client.post(url, {"username": "newcomer", "roles": ["analyst"]}, format="json")
+    if name == "tenant-user-update":
+        return client.patch(url, {"roles": ["analyst", "author"], "enabled": False}, format="json")
     return getattr(client, method)(url)
 
 
 def state(w: dict) -> tuple:
     w["run"].refresh_from_db()
-    return (Run.objects.count(), Decision.objects.count(), w["run"].state)
+    home_members = tuple(Membership.objects.filter(tenant=w["home"]).order_by("user_id")
+                         .values_list("user_id", "roles", "user__is_active"))
+    clearances = tuple(Clearance.objects.filter(tenant=w["home"]).order_by("id").values_list("id", "revision", "status"))
+    grants = tuple(GateUserObjectPermission.objects.order_by("id").values_list("user_id", "content_object_id"))
+    return (Run.objects.count(), Decision.objects.count(), w["run"].state, home_members, clearances, grants)
 
 
 @pytest.mark.parametrize("name", sorted(MATRIX))
@@ -148,6 +183,37 @@ def test_another_tenant_sees_nothing(world, api, name):
     for secret in (str(world["run"].id), str(world["gate"].id), str(world["artefact"].id), world["home"].slug):
         assert secret.encode() not in body, (name, secret)
     if name not in ("run-submit", "workflow-validate"):
+        assert state(world) == before
+
+
+# What a member of the home tenant holding every role, but cleared only to CONFIDENTIAL, gets from
+# each endpoint: the SECRET run, its tasks, gate and artefacts are not found; submitting a SECRET
+# workflow and exporting a log that holds SECRET entries are refused; everything else works as for
+# the role, with nothing of the run in it.
+BELOW_CLEARANCE = {
+    **{name: 404 for name in ("run-detail", "run-cancel", "run-artefacts", "artefact-detail", "artefact-content",
+                              "gate-detail", "gate-decide", "gate-assignees", "gate-assign", "gate-assignee-detail")},
+    "run-submit": 403,
+    "audit-export": 403,
+}
+WRITES = {"workflow-validate", "gate-assign", "gate-assignee-detail", "clearance-set", "clearance-revoke", "tenant-user-create", "tenant-user-update"}
+
+
+@pytest.mark.parametrize("name", sorted(MATRIX))
+def test_insufficient_clearance_sees_nothing_above_it(world, api, name):
+    before = state(world)
+    response = call(api(world["users"][("home", "low")]), name, world)
+    body = response.content if not getattr(response, "streaming", False) else b"".join(response.streaming_content)
+    expected = BELOW_CLEARANCE.get(name, MATRIX[name][2])
+    assert response.status_code == expected, (name, response.content[:300])
+    if expected == 403 and name in ("run-submit", "audit-export"):
+        assert response.json()["code"] == "label_above_clearance"
+    leaks = [str(world["run"].id), str(world["gate"].id), str(world["artefact"].id), '"SECRET"']
+    if name not in ("workflow-validate", "workflow-schema"):  # these echo the posted file / the file format
+        leaks.append("matrix")
+    for secret in leaks:
+        assert secret.encode() not in body, (name, secret)
+    if name not in WRITES:
         assert state(world) == before
 
 

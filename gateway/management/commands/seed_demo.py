@@ -6,6 +6,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from rest_framework.authtoken.models import Token
 
+from gateway.clearances import ClearanceInput
 from gateway.models import Run, Tenant
 from gateway.services import run_submit
 from gateway.tenancy import member_create, tenant_create
@@ -16,6 +17,8 @@ DEMO_USERS = [
     ("admin", ["tenant_admin"], []),
     ("auditor", ["auditor"], []),
 ]
+# Every demo user may read the demo workflow's labels (up to SECRET, releasable to GBR).
+DEMO_CLEARANCE = ClearanceInput(policy=None, max_level="SECRET", compartments=[], releasability=["GBR"])
 DEMO_WORKFLOW = Path(settings.BASE_DIR) / "deploy" / "examples" / "threat-validation.yaml"
 
 
@@ -32,7 +35,8 @@ class Command(BaseCommand):
         for username, roles, groups in DEMO_USERS:
             user = User.objects.filter(username=username).first()
             if user is None:
-                user = member_create(tenant=tenant, username=username, roles=roles, groups=groups, password=password)
+                user = member_create(tenant=tenant, username=username, roles=roles, groups=groups, password=password,
+                                     clearance=DEMO_CLEARANCE)
             token, _ = Token.objects.get_or_create(user=user)
             self.stdout.write(f"  {username:<8} roles {','.join(roles):<13} token {token.key}")
         if not no_run and not Run.objects.filter(tenant=tenant).exists():
