@@ -5,14 +5,21 @@ EVENTS = frozenset(
         "auth.login",
         "auth.login_failed",
         "auth.logout",
+        "auth.backchannel_logout",  # the identity provider ended a session (OpenID Connect back-channel)
+        "auth.logout_forced",  # a portal session ended because the identity provider no longer vouches for it
         "access.denied",  # every authorization denial: 401, 403, and 404 for what is out of scope
         "request.refused",  # a write refused for its content (4xx other than the above)
+        "request.failed",  # a write that failed with a 5xx (e.g. the identity provider refused the change)
         # tenancy and administration
         "tenant.created",
         "member.created",
         "clearance.granted",
         "clearance.changed",
         "clearance.revoked",
+        "member.synced",  # tenant, roles or groups taken from the identity provider changed
+        "member.roles_changed",
+        "member.disabled",
+        "member.enabled",
         "audit.key_created",
         "audit.key_retired",
         # runs and the engine

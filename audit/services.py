@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Mapping
+from contextlib import nullcontext
 from typing import Any
 
 from django.conf import settings
@@ -141,6 +142,15 @@ def audit_append(
     return entry
 
 
+def _platform_scope(entries: list[AuditEntry]):
+    """Entries of no tenant (failed logins, anonymous callers) are platform rows: under row-level
+    security only the system scope reads them, and INSERT ... RETURNING reads the new row back
+    (gateway/dbscope.py). Entries of a tenant are written in the caller's scope, which must cover it."""
+    from gateway import dbscope
+
+    return dbscope.system_scope() if any(e.tenant_id is None for e in entries) else nullcontext()
+
+
 _INSERT_PG = None
 
 
@@ -160,7 +170,8 @@ def _insert(entry: AuditEntry) -> None:
             f"VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb) RETURNING id) "
             f'INSERT INTO "{q}" (entry_id) SELECT id FROM e RETURNING entry_id'
         )
-    with connection.cursor() as cursor:
+    # An entry of no tenant is a platform row: only the system scope may read it back (RETURNING).
+    with _platform_scope([entry]), connection.cursor() as cursor:
         cursor.execute(_INSERT_PG, [
             entry.at, entry.tenant_id, entry.actor_id, entry.event, entry.object_type, entry.object_id,
             entry.label, entry.outcome, json.dumps(entry.body),
@@ -192,7 +203,7 @@ def audit_append_many(records: list[dict]) -> list[AuditEntry]:
         rows = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb)"] * len(chunk))
         params = [v for x in chunk for v in (x.at, x.tenant_id, x.actor_id, x.event, x.object_type, x.object_id,
                                               x.label, x.outcome, json.dumps(x.body))]
-        with connection.cursor() as cursor:
+        with _platform_scope(chunk), connection.cursor() as cursor:
             cursor.execute(
                 f'WITH e AS (INSERT INTO "{e}" (at, tenant_id, actor_id, event, object_type, object_id, label, outcome, body) '
                 f'VALUES {rows} RETURNING id) INSERT INTO "{q}" (entry_id) SELECT id FROM e RETURNING entry_id',

@@ -2,7 +2,7 @@
 import os
 
 from celery import Celery
-from celery.signals import task_postrun, task_prerun
+from celery.signals import task_postrun, task_prerun, worker_init, worker_process_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway.settings")
 
@@ -17,6 +17,16 @@ def _schedule_reconciler(sender, **kwargs):
 
     interval = settings.GATEHOUSE_ENGINE["RECONCILE_INTERVAL_SECONDS"]
     sender.add_periodic_task(interval, sender.signature("gateway.tasks.reconcile_task"), name="reconcile")
+
+
+@worker_init.connect
+@worker_process_init.connect
+def _system_scope(**kwargs):
+    """A worker acts for every tenant: its connections see them all under row-level security
+    (gateway/dbscope.py), whatever GATEHOUSE_DB_SCOPE says. The main process and each pool child."""
+    from gateway import dbscope
+
+    dbscope.set_process_scope(dbscope.SYSTEM)
 
 
 @task_prerun.connect

@@ -4,18 +4,35 @@ Works from an author's or analyst's own machine. The server URL and API token co
 --server/--token, the environment (GATEHOUSE_URL, GATEHOUSE_TOKEN) or a config file
 (~/.config/gatehouse/config.ini, section [gatehouse], keys url and token).
 `workflow validate` runs locally and needs no server.
+
+A token that is a JWT (a Keycloak access token) is sent as `Authorization: Bearer`, any other (the
+dev login's API tokens) as `Authorization: Token`; --token-type, GATEHOUSE_TOKEN_TYPE or token_type=
+in the config file say which when guessing will not do. Without a token, the tokens stored by
+`gatehouse login` are used (and refreshed when they expire).
+
+`gatehouse login` signs in with the OAuth 2.0 device authorization grant (RFC 8628): it prints a link
+and a code to open in any browser, and keeps the tokens it gets in ~/.config/gatehouse/tokens.json
+(mode 0600; GATEHOUSE_TOKEN_FILE elsewhere). The identity provider comes from --issuer/--client-id,
+GATEHOUSE_OIDC_ISSUER/GATEHOUSE_OIDC_CLIENT_ID or issuer=/client_id= in the config file; the client
+is a public client with the device grant enabled (the server's GATEHOUSE_KEYCLOAK_CLI_CLIENT_ID).
 """
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import configparser
 import json
 import os
+import stat
 import sys
 import time
 from pathlib import Path
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+DEFAULT_CLI_CLIENT_ID = "gatehouse-cli"
+REFRESH_MARGIN_SECONDS = 30
+LOGIN_AGAIN = "run `gatehouse login` to sign in again"
 TERMINAL_RUN_STATES = {"SUCCEEDED", "FAILED", "REJECTED", "CANCELLED"}
 
 
@@ -25,17 +42,233 @@ class CliError(Exception):
         self.code = code
 
 
-def _config(args) -> tuple[str, str]:
-    path = Path(os.environ.get("GATEHOUSE_CONFIG", Path.home() / ".config" / "gatehouse" / "config.ini"))
+def _config_path() -> Path:
+    return Path(os.environ.get("GATEHOUSE_CONFIG", Path.home() / ".config" / "gatehouse" / "config.ini"))
+
+
+def _config_section() -> dict:
     parser = configparser.ConfigParser()
+    path = _config_path()
     if path.exists():
         parser.read(path)
-    section = parser["gatehouse"] if parser.has_section("gatehouse") else {}
+    return dict(parser["gatehouse"]) if parser.has_section("gatehouse") else {}
+
+
+def looks_like_jwt(token: str) -> bool:
+    """Three base64url parts whose first is a JSON header naming an algorithm: a JWT, not an API token."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return False
+    try:
+        header = json.loads(base64.urlsafe_b64decode(parts[0] + "=" * (-len(parts[0]) % 4)))
+    except (ValueError, binascii.Error):
+        return False
+    return isinstance(header, dict) and "alg" in header
+
+
+def _scheme(token: str, wanted: str | None) -> str:
+    if wanted:
+        scheme = {"bearer": "Bearer", "token": "Token"}.get(wanted.strip().lower())
+        if scheme is None:
+            raise CliError(f"token type {wanted!r}: bearer or token", EXIT_USAGE)
+        return scheme
+    return "Bearer" if looks_like_jwt(token) else "Token"
+
+
+def _config(args) -> tuple[str, str, str]:
+    """The server URL, the token and how to send it (Bearer or Token)."""
+    section = _config_section()
     url = args.server or os.environ.get("GATEHOUSE_URL") or section.get("url") or "http://127.0.0.1:8000"
     token = args.token or os.environ.get("GATEHOUSE_TOKEN") or section.get("token")
-    if not token:
-        raise CliError("no API token: pass --token, set GATEHOUSE_TOKEN, or put token= in " + str(path), EXIT_USAGE)
-    return url.rstrip("/"), token
+    if token:
+        wanted = args.token_type or os.environ.get("GATEHOUSE_TOKEN_TYPE") or section.get("token_type")
+        return url.rstrip("/"), token, _scheme(token, wanted)
+    stored = TokenStore().load()
+    if stored is None:
+        raise CliError("no API token: pass --token, set GATEHOUSE_TOKEN, put token= in " + str(_config_path())
+                       + ", or run `gatehouse login`", EXIT_USAGE)
+    return url.rstrip("/"), TokenStore().fresh_access_token(stored), "Bearer"
+
+
+# -- `gatehouse login`: OAuth 2.0 device authorization grant, tokens kept in a 0600 file --------------
+
+
+class TokenStore:
+    def __init__(self) -> None:
+        default = Path.home() / ".config" / "gatehouse" / "tokens.json"
+        self.path = Path(os.environ.get("GATEHOUSE_TOKEN_FILE", default))
+
+    def load(self) -> dict | None:
+        try:
+            mode = self.path.stat().st_mode
+        except FileNotFoundError:
+            return None
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise CliError(f"{self.path} can be read by others: refusing to use it (chmod 600 it, or run "
+                           "`gatehouse login` again)", EXIT_USAGE)
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CliError(f"{self.path}: cannot read the stored login ({exc}); {LOGIN_AGAIN}") from None
+        if not isinstance(data, dict) or not data.get("access_token"):
+            raise CliError(f"{self.path}: no stored login; {LOGIN_AGAIN}")
+        return data
+
+    def save(self, data: dict) -> None:
+        """Written to a new 0600 file in a 0700 folder, then moved over the old one."""
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as sink:
+                json.dump(data, sink)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        os.replace(tmp, self.path)
+
+    def forget(self) -> bool:
+        try:
+            self.path.unlink()
+            return True
+        except FileNotFoundError:
+            return False
+
+    def fresh_access_token(self, data: dict) -> str:
+        """The stored access token, refreshed first when it expires within REFRESH_MARGIN_SECONDS."""
+        if time.time() < data.get("expires_at", 0) - REFRESH_MARGIN_SECONDS:
+            return data["access_token"]
+        if not data.get("refresh_token"):
+            raise CliError(f"your login has expired; {LOGIN_AGAIN}")
+        answer = _oauth_post(data["token_endpoint"], {"grant_type": "refresh_token", "client_id": data["client_id"],
+                                                      "refresh_token": data["refresh_token"]})
+        if "access_token" not in answer:
+            raise CliError(f"your login has expired or was ended ({answer.get('error_description') or answer.get('error')}); "
+                           f"{LOGIN_AGAIN}")
+        data = {**data, **_token_fields(answer)}
+        self.save(data)
+        return data["access_token"]
+
+
+def _oauth_post(url: str, form: dict) -> dict:
+    """A form POST to the identity provider; its JSON answer, errors included ({error, error_description})."""
+    import requests
+
+    try:
+        response = requests.post(url, data=form, timeout=30)
+    except requests.RequestException as exc:
+        raise CliError(f"cannot reach the identity provider at {url}: {exc}") from None
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise CliError(f"the identity provider answered {response.status_code} at {url}, not with JSON")
+    if response.status_code >= 400 and "error" not in body:
+        body["error"] = f"http_{response.status_code}"
+    return body
+
+
+def _token_fields(answer: dict) -> dict:
+    now = int(time.time())
+    fields = {"access_token": answer["access_token"], "expires_at": now + int(answer.get("expires_in", 60))}
+    if answer.get("refresh_token"):
+        fields["refresh_token"] = answer["refresh_token"]
+        if answer.get("refresh_expires_in"):
+            fields["refresh_expires_at"] = now + int(answer["refresh_expires_in"])
+    return fields
+
+
+def _claims(token: str) -> dict:
+    """A JWT's claims, unverified: for showing who signed in, never for deciding anything."""
+    try:
+        payload = token.split(".")[1]
+        return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError, binascii.Error):
+        return {}
+
+
+def _discovery(issuer: str) -> dict:
+    import requests
+
+    url = issuer.rstrip("/") + "/.well-known/openid-configuration"
+    try:
+        response = requests.get(url, timeout=30)
+        response.raise_for_status()
+        return response.json()
+    except (requests.RequestException, ValueError) as exc:
+        raise CliError(f"cannot read the identity provider's configuration at {url}: {exc}") from None
+
+
+def cmd_login(args, out, err) -> int:
+    section = _config_section()
+    issuer = args.issuer or os.environ.get("GATEHOUSE_OIDC_ISSUER") or section.get("issuer")
+    client_id = (args.client_id or os.environ.get("GATEHOUSE_OIDC_CLIENT_ID") or section.get("client_id")
+                 or DEFAULT_CLI_CLIENT_ID)
+    if not issuer:
+        raise CliError("no identity provider: pass --issuer (e.g. https://id.example.org/realms/gatehouse), set "
+                       f"GATEHOUSE_OIDC_ISSUER, or put issuer= in {_config_path()}", EXIT_USAGE)
+    meta = _discovery(issuer)
+    endpoint = meta.get("device_authorization_endpoint")
+    if not endpoint:
+        raise CliError(f"{issuer} offers no device login (no device_authorization_endpoint)")
+    start = _oauth_post(endpoint, {"client_id": client_id, "scope": "openid profile email"})
+    if "device_code" not in start:
+        raise CliError(f"the identity provider refused the login: {start.get('error_description') or start.get('error')}")
+    link = start.get("verification_uri_complete") or start["verification_uri"]
+    print(f"To sign in, open {link}\nand check that it shows the code {start['user_code']}.", file=err, flush=True)
+    interval = max(int(start.get("interval", 5)), 1)
+    deadline = time.monotonic() + int(start.get("expires_in", 600))
+    while True:
+        time.sleep(interval)
+        if time.monotonic() > deadline:
+            raise CliError("the login code expired before it was used; run `gatehouse login` again")
+        answer = _oauth_post(meta["token_endpoint"], {
+            "grant_type": "urn:ietf:params:oauth:grant-type:device_code", "device_code": start["device_code"],
+            "client_id": client_id})
+        error = answer.get("error")
+        if error == "authorization_pending":
+            continue
+        if error == "slow_down":
+            interval += 5
+            continue
+        if error == "access_denied":
+            raise CliError("the login was denied")
+        if error == "expired_token":
+            raise CliError("the login code expired before it was used; run `gatehouse login` again")
+        if error or "access_token" not in answer:
+            raise CliError(f"the identity provider refused the login: {answer.get('error_description') or error}")
+        break
+    store = TokenStore()
+    store.save({"issuer": issuer, "client_id": client_id, "token_endpoint": meta["token_endpoint"],
+                "end_session_endpoint": meta.get("end_session_endpoint", ""), **_token_fields(answer)})
+    who = _claims(answer["access_token"]).get("preferred_username") or "?"
+    print(f"logged in as {who}; tokens kept in {store.path}", file=out)
+    return EXIT_OK
+
+
+def cmd_logout(args, out, err) -> int:
+    """Ends the identity provider's session of the stored login, and forgets its tokens."""
+    store = TokenStore()
+    try:
+        data = store.load()
+    except CliError:
+        data = None
+    if data and data.get("refresh_token") and data.get("end_session_endpoint"):
+        import requests
+
+        try:
+            response = requests.post(data["end_session_endpoint"], timeout=30, data={
+                "client_id": data["client_id"], "refresh_token": data["refresh_token"]})
+            problem = f"answered {response.status_code}" if response.status_code >= 400 else ""
+        except requests.RequestException as exc:
+            problem = str(exc)
+        if problem:
+            print(f"gatehouse: could not end the identity provider's session ({problem}); the tokens are "
+                  "forgotten here all the same", file=err)
+    print("logged out" if store.forget() else "not logged in", file=out)
+    return EXIT_OK
 
 
 def _error_message(response) -> str:
@@ -45,6 +278,9 @@ def _error_message(response) -> str:
     except ValueError:
         return response.text[:500]
     message = f"{body.get('message')} [{body.get('code')}]"
+    if response.status_code == 401:
+        message += ("\n  the server did not accept the credentials: check GATEHOUSE_TOKEN (and GATEHOUSE_TOKEN_TYPE)"
+                    f" or {LOGIN_AGAIN}")
     detail = body.get("detail")
     if isinstance(detail, list):
         message += "".join(
@@ -58,12 +294,12 @@ def _error_message(response) -> str:
 
 
 class Client:
-    def __init__(self, url: str, token: str):
+    def __init__(self, url: str, token: str, scheme: str = "Token"):
         import requests
 
         self.url = url
         self.session = requests.Session()
-        self.session.headers["Authorization"] = f"Token {token}"
+        self.session.headers["Authorization"] = f"{scheme} {token}"
         self.session.headers["Accept"] = "application/json"
 
     def send(self, method: str, path: str, *, timeout: float = 60, **kwargs):
@@ -256,8 +492,17 @@ def cmd_audit_verify(args, out, err) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gatehouse", description=__doc__.splitlines()[0])
     parser.add_argument("--server", help="Gatehouse URL (default $GATEHOUSE_URL or http://127.0.0.1:8000)")
-    parser.add_argument("--token", help="API token (default $GATEHOUSE_TOKEN)")
+    parser.add_argument("--token", help="API token or access token (default $GATEHOUSE_TOKEN, then `gatehouse login`'s)")
+    parser.add_argument("--token-type", choices=["bearer", "token"], type=str.lower,
+                        help="send the token as Bearer or Token (default $GATEHOUSE_TOKEN_TYPE, else a JWT is Bearer)")
     groups = parser.add_subparsers(dest="group", required=True)
+
+    p = groups.add_parser("login", help="sign in with the identity provider (device login); keeps the tokens")
+    p.add_argument("--issuer", help="the realm's issuer URL (default $GATEHOUSE_OIDC_ISSUER)")
+    p.add_argument("--client-id", help=f"the public client (default $GATEHOUSE_OIDC_CLIENT_ID or {DEFAULT_CLI_CLIENT_ID})")
+    p.set_defaults(func=cmd_login)
+    p = groups.add_parser("logout", help="end the stored login and forget its tokens")
+    p.set_defaults(func=cmd_logout)
 
     workflow = groups.add_parser("workflow", help="workflow files").add_subparsers(dest="command", required=True)
     p = workflow.add_parser("validate", help="check a workflow file locally (exit 0 valid, 2 invalid)")

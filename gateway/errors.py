@@ -19,6 +19,11 @@ class ErrorCode:
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     THROTTLED = "throttled"
     NO_TENANT = "no_tenant"
+    CSRF_FAILED = "csrf_failed"
+    INVALID_TOKEN = "invalid_token"  # a bearer token refused (RFC 6750); WWW-Authenticate says why
+    IDENTITY_UNAVAILABLE = "identity_unavailable"  # the identity provider did not answer
+    USER_EXISTS = "user_exists"
+    ROLE_NOT_ALLOWED = "role_not_allowed"  # a tenant admin cannot grant platform roles
     # classification and clearances
     LABEL_INVALID = "label_invalid"
     LABEL_ABOVE_CLEARANCE = "label_above_clearance"
@@ -69,7 +74,25 @@ class NotFound(GatehouseError):
         super().__init__(ErrorCode.NOT_FOUND, message)
 
 
+class InvalidToken(drf.AuthenticationFailed):
+    """A bearer token that is not acceptable (signature, issuer, audience, expiry, type, revoked)."""
+
+
+class NoTenant(drf.PermissionDenied):
+    """Authenticated, but the identity names no tenant (or one we do not know)."""
+
+    default_detail = "Your account belongs to no tenant."
+
+
+class IdentityUnavailable(drf.APIException):
+    status_code = 503
+    default_detail = "The identity provider did not answer; try again."
+
+
 _DRF_CODES = {
+    InvalidToken: ErrorCode.INVALID_TOKEN,
+    NoTenant: ErrorCode.NO_TENANT,
+    IdentityUnavailable: ErrorCode.IDENTITY_UNAVAILABLE,
     drf.NotAuthenticated: ErrorCode.NOT_AUTHENTICATED,
     drf.AuthenticationFailed: ErrorCode.NOT_AUTHENTICATED,
     drf.PermissionDenied: ErrorCode.PERMISSION_DENIED,
@@ -82,19 +105,29 @@ _DRF_CODES = {
 }
 
 
-def _record(request, status: int, code: str, message: str) -> None:
-    """Every denial (401, 403, 404) and every refused write is recorded, durably: DRF views run
-    outside a transaction, so the entry commits even though the request changed nothing."""
+def record_refusal(request, status: int, code: str, message: str) -> None:
+    """Every denial (401, 403, 404), every refused write and every write that failed (5xx) is recorded,
+    durably: DRF views run outside a transaction, so the entry commits even though the request's own
+    transaction rolled back."""
     from audit.services import audit_append
 
     if status in (401, 403, 404):
         event, outcome = "access.denied", "denied"
     elif request.method not in ("GET", "HEAD", "OPTIONS") and 400 <= status < 500:
         event, outcome = "request.refused", "error"
+    elif request.method not in ("GET", "HEAD", "OPTIONS") and status >= 500:
+        event, outcome = "request.failed", "error"
     else:
         return
+    from .selectors import membership_for
+
     user = getattr(request, "user", None)
-    membership = getattr(user, "membership", None) if user is not None and user.is_authenticated else None
+    membership = None
+    if user is not None and user.is_authenticated:
+        try:  # through membership_for: the entry is written in the caller's tenant scope (gateway/dbscope.py)
+            membership = membership_for(user)
+        except (GatehouseError, drf.APIException):  # no tenant: a platform entry
+            membership = None
     audit_append(
         event=event, actor=user, tenant_id=membership.tenant_id if membership else None, outcome=outcome,
         error_code=code, data={"method": request.method, "path": request.path[:500], "status": status,
@@ -106,7 +139,7 @@ def exception_handler(exc, context):
     request = context.get("request")
     if isinstance(exc, GatehouseError):
         if request is not None:
-            _record(request, exc.status, exc.code, exc.message)
+            record_refusal(request, exc.status, exc.code, exc.message)
         return Response({"code": exc.code, "message": exc.message, "detail": exc.detail}, status=exc.status)
     if isinstance(exc, Http404):
         exc = drf.NotFound()
@@ -122,5 +155,5 @@ def exception_handler(exc, context):
         message, detail = str(getattr(exc, "detail", exc)), None
     response.data = {"code": code, "message": message, "detail": detail}
     if request is not None:
-        _record(request, response.status_code, code, message)
+        record_refusal(request, response.status_code, code, message)
     return response

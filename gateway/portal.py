@@ -13,7 +13,21 @@ from approvals.services import gate_decide
 from audit.services import audit_append
 
 from . import selectors
-from .errors import GatehouseError
+from .errors import ErrorCode, GatehouseError, record_refusal
+
+
+def _refused(request, exc: GatehouseError):
+    """The portal's refusals are audited like the API's (gateway.errors.record_refusal)."""
+    record_refusal(request, exc.status, exc.code, exc.message)
+    return render(request, "error.html", {"error": exc}, status=exc.status)
+
+
+def csrf_failure(request, reason=""):
+    """A state-changing form without its CSRF token: refused (403) and audited."""
+    record_refusal(request, 403, ErrorCode.CSRF_FAILED, f"CSRF check failed: {reason}"[:300])
+    error = GatehouseError(ErrorCode.CSRF_FAILED, "The form expired or did not come from this site; reload the page.",
+                           status=403)
+    return render(request, "error.html", {"error": error}, status=403)
 
 
 @login_required
@@ -22,7 +36,7 @@ def home(request):
         runs = list(selectors.run_list_for_user(request.user).order_by("-created_at")[:50])
         gates = list(gate_selectors.gate_list_awaiting_user(request.user)[:50])
     except GatehouseError as exc:
-        return render(request, "error.html", {"error": exc}, status=exc.status)
+        return _refused(request, exc)
     return render(request, "home.html", {"runs": runs, "gates": gates})
 
 
@@ -31,7 +45,7 @@ def run_page(request, run_id):
     try:
         run = selectors.run_get_for_user(run_id, request.user)
     except GatehouseError as exc:
-        return render(request, "error.html", {"error": exc}, status=exc.status)
+        return _refused(request, exc)
     tasks = selectors.task_list_for_run(run, request.user)
     artefacts = selectors.artefact_list_for_user(request.user).filter(run=run).order_by("created_at")
     gates = gate_selectors.gate_list_for_user(request.user).filter(run=run)
@@ -43,7 +57,7 @@ def gate_page(request, gate_id):
     try:
         gate = gate_selectors.gate_get_for_user(gate_id, request.user)
     except GatehouseError as exc:
-        return render(request, "error.html", {"error": exc}, status=exc.status)
+        return _refused(request, exc)
     if request.method == "POST":
         raw = request.POST.get("input", "").strip()
         try:

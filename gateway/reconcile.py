@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from audit.services import audit_append
 
+from . import dbscope
 from .choices import TaskState
 from .dispatch import dispatch_on_commit
 from .engine import after_terminal, task_transition
@@ -110,6 +111,7 @@ def requeue_overdue_retries(now) -> int:
     return sum(1 for task_id, attempt in list(rows) if task_requeue(task_id, attempt))
 
 
+@dbscope.system_scope()  # every tenant's tasks and gates, from whichever process calls it
 def reconcile(now=None) -> dict[str, int]:
     from approvals.services import gates_time_out
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from django.db.models import Q, QuerySet
 
+from . import dbscope
 from .errors import ErrorCode, Forbidden, NotFound
 from .models import Artefact, Membership, Run, TaskInstance
 
@@ -18,6 +19,7 @@ def membership_for(user) -> Membership:
     membership = getattr(user, "membership", None) if user.is_authenticated else None
     if membership is None:
         raise Forbidden(ErrorCode.NO_TENANT, "Your account belongs to no tenant.")
+    dbscope.bind_tenant(membership.tenant_id)  # row-level security: this connection sees this tenant only
     return membership
 
 

@@ -48,6 +48,7 @@ INSTALLED_APPS = [
     "guardian",
     "channels",
     "gateway",
+    "gateway.identity",
     "approvals",
     "audit",
     "executors",
@@ -60,6 +61,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "gateway.identity.middleware.OidcSessionMiddleware",  # oidc mode: Keycloak's word on each portal session
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -105,6 +107,12 @@ else:
         DATABASES["default"].setdefault("OPTIONS", {})["options"] = "-c gatehouse.audit_purge=on"
 # The role the application runs as: INSERT and SELECT only on the audit log (audit/db_privileges.py).
 GATEHOUSE_DB_APP_ROLE = env.str("GATEHOUSE_DB_APP_ROLE", default="gatehouse_app")
+# What this process's connections may see under row-level security (gateway/dbscope.py, gateway/rls.py):
+# "request" (web server: nothing until the caller's tenant is bound) or "system" (workers, reconciler,
+# audit sequencer, management commands: every tenant). The default fails closed.
+GATEHOUSE_DB_SCOPE = env.str("GATEHOUSE_DB_SCOPE", default="request")
+if GATEHOUSE_DB_SCOPE not in {"request", "system"}:
+    raise ImproperlyConfigured(f"GATEHOUSE_DB_SCOPE must be request or system, not {GATEHOUSE_DB_SCOPE!r}")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTHENTICATION_BACKENDS = [
@@ -129,10 +137,60 @@ SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = PROFILE == "production"
 X_FRAME_OPTIONS = "DENY"
+CSRF_FAILURE_VIEW = "gateway.portal.csrf_failure"  # refused and audited
+
+# Identity. MODE "oidc": Keycloak (bearer tokens on the API, OpenID Connect login on the portal, users
+# provisioned through its Admin API). MODE "dev": the built-in password login and API tokens, which answer
+# only with DEBUG on or under the test profile. See gateway/identity/.
+_auth_mode = env.str("GATEHOUSE_AUTH_MODE", default="dev")
+if _auth_mode not in {"dev", "oidc"}:
+    raise ImproperlyConfigured(f"GATEHOUSE_AUTH_MODE must be dev or oidc, not {_auth_mode!r}")
+_auth_leeway = env.int("GATEHOUSE_AUTH_LEEWAY", default=30)
+if not 0 <= _auth_leeway <= 30:
+    raise ImproperlyConfigured("GATEHOUSE_AUTH_LEEWAY must be between 0 and 30 seconds")
+GATEHOUSE_AUTH = {
+    "MODE": _auth_mode,
+    "SERVER_URL": env.str("GATEHOUSE_KEYCLOAK_URL", default=""),  # e.g. https://id.example.org
+    "REALM": env.str("GATEHOUSE_KEYCLOAK_REALM", default="gatehouse"),
+    "ISSUER": env.str("GATEHOUSE_KEYCLOAK_ISSUER", default=""),  # empty: SERVER_URL/realms/REALM
+    "CLIENT_ID": env.str("GATEHOUSE_KEYCLOAK_CLIENT_ID", default="gatehouse"),
+    "CLIENT_SECRET": env.str("GATEHOUSE_KEYCLOAK_CLIENT_SECRET", default=""),
+    # A public client for the command line (`gatehouse login`, device flow) whose tokens the API accepts
+    # too; Keycloak must put CLIENT_ID in their audience (an Audience mapper). Empty: none.
+    "CLI_CLIENT_ID": env.str("GATEHOUSE_KEYCLOAK_CLI_CLIENT_ID", default=""),
+    # Admin API credentials (provisioning): a service account (client credentials) by default, the
+    # client above unless set; or a user of ADMIN_REALM with ADMIN_USERNAME/ADMIN_PASSWORD.
+    "ADMIN_REALM": env.str("GATEHOUSE_KEYCLOAK_ADMIN_REALM", default=""),
+    "ADMIN_CLIENT_ID": env.str("GATEHOUSE_KEYCLOAK_ADMIN_CLIENT_ID", default=""),
+    "ADMIN_CLIENT_SECRET": env.str("GATEHOUSE_KEYCLOAK_ADMIN_CLIENT_SECRET", default=""),
+    "ADMIN_USERNAME": env.str("GATEHOUSE_KEYCLOAK_ADMIN_USERNAME", default=""),
+    "ADMIN_PASSWORD": env.str("GATEHOUSE_KEYCLOAK_ADMIN_PASSWORD", default=""),
+    "LEEWAY": _auth_leeway,  # seconds of clock skew allowed on exp/nbf (at most 30)
+    # A user's tenant: the group TENANT_GROUP_PREFIX<slug> (subgroups below it are approver groups),
+    # or, when TENANT_CLAIM is set, that claim of the token.
+    "TENANT_GROUP_PREFIX": env.str("GATEHOUSE_AUTH_TENANT_GROUP_PREFIX", default="/tenants/"),
+    "TENANT_CLAIM": env.str("GATEHOUSE_AUTH_TENANT_CLAIM", default=""),
+    # Keycloak roles -> Gatehouse roles, "realm:<name>=<role>,client:<name>=<role>" (client roles of
+    # CLIENT_ID). Empty: realm and client roles named like a Gatehouse role map to it.
+    "ROLE_MAP": env.str("GATEHOUSE_AUTH_ROLE_MAP", default=""),
+    # How long an introspection answer is reused; 0 asks Keycloak on every request (see gateway/identity/tokens.py).
+    "INTROSPECTION_CACHE_SECONDS": env.int("GATEHOUSE_AUTH_INTROSPECTION_CACHE_SECONDS", default=0),
+    # The realm's keys are cached; an unknown key id refetches them at most this often.
+    "JWKS_MIN_REFRESH_SECONDS": env.int("GATEHOUSE_AUTH_JWKS_MIN_REFRESH_SECONDS", default=10),
+    "JWKS_CACHE_SECONDS": env.int("GATEHOUSE_AUTH_JWKS_CACHE_SECONDS", default=3600),
+    "TIMEOUT": env.int("GATEHOUSE_KEYCLOAK_TIMEOUT", default=10),
+    "VERIFY_TLS": env.bool("GATEHOUSE_KEYCLOAK_VERIFY_TLS", default=True),
+}
+if PROFILE == "production":
+    if _auth_mode != "oidc":
+        raise ImproperlyConfigured("production refuses to start with GATEHOUSE_AUTH_MODE dev (set it to oidc)")
+    if not (GATEHOUSE_AUTH["SERVER_URL"] and GATEHOUSE_AUTH["CLIENT_SECRET"]):
+        raise ImproperlyConfigured("production needs GATEHOUSE_KEYCLOAK_URL and GATEHOUSE_KEYCLOAK_CLIENT_SECRET")
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        # Keycloak bearer tokens when GATEHOUSE_AUTH["MODE"] is oidc, the dev login's API tokens when dev.
+        "gateway.identity.authentication.GatehouseAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["gateway.permissions.IsTenantMember"],

@@ -7,6 +7,7 @@ from audit.api import views as audit_views
 from gateway import auth_views, portal
 from gateway.api import clearances as clearance_api
 from gateway.api import views as api
+from gateway.identity import urls as identity_urls
 
 api_v1 = [
     path("workflows/validate", api.WorkflowValidateApi.as_view(), name="workflow-validate"),
@@ -32,6 +33,8 @@ api_v1 = [
 
 urlpatterns = [
     path("api/v1/", include(api_v1)),
+    path("api/v1/", include(identity_urls.api_v1)),
+    path("auth/oidc/", include(identity_urls.portal)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),

@@ -18,11 +18,12 @@ from audit.canonical import rfc3339
 from audit.export import ExportError, audit_export
 from audit.models import AuditCheckpoint, AuditHead, AuditKey
 from audit.note import NoteError, NoteVerifier, open_note
-from audit.selectors import audit_entries_for_user, audit_export_allowed, audit_scope_for_user
+from audit.selectors import audit_entries_for_user, audit_export_allowed, audit_scope_for_user, is_platform_auditor
 from audit.sequencer import GLOBAL, head_root, tenant_tree
 from audit.services import audit_append
 from audit.witness import get_witness
 from gateway.errors import ErrorCode, Forbidden, GatehouseError
+from gateway import dbscope
 from gateway.permissions import IsAuditor
 
 
@@ -45,11 +46,31 @@ def _entry(e) -> dict:
     }
 
 
+class PlatformLogScope:
+    """Row-level security (gateway/rls.py) keeps a request's database connection to the caller's
+    tenant. A platform auditor reads every tenant's log and the platform entries of none, so for
+    them, and on these read-only endpoints only, the scope is widened to every tenant once
+    authentication and the permission check have passed, and set back when the response is
+    final; the selectors still narrow what is returned. Anyone else stays in their tenant."""
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        if is_platform_auditor(request.user):
+            self._log_scope = dbscope.system_scope()
+            self._log_scope.__enter__()
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        scope, self._log_scope = getattr(self, "_log_scope", None), None
+        if scope is not None:
+            scope.__exit__(None, None, None)
+        return super().finalize_response(request, response, *args, **kwargs)
+
+
 FILTERS = {"event": "event", "outcome": "outcome", "object_type": "object_type", "object_id": "object_id",
            "actor": "actor__username", "label": "label"}
 
 
-class AuditEntryListApi(APIView):
+class AuditEntryListApi(PlatformLogScope, APIView):
     permission_classes = [IsAuditor]
 
     @extend_schema(parameters=[OpenApiParameter(n, str) for n in [*FILTERS, "since", "until", "tenant"]],
@@ -90,7 +111,7 @@ def _tar_stream(directory: str, cleanup: str):
     thread.join()
 
 
-class AuditExportApi(APIView):
+class AuditExportApi(PlatformLogScope, APIView):
     permission_classes = [IsAuditor]
 
     @extend_schema(parameters=[OpenApiParameter("since", str), OpenApiParameter("until", str), OpenApiParameter("tenant", str)],
@@ -118,7 +139,7 @@ class AuditExportApi(APIView):
         return response
 
 
-class AuditCheckpointLatestApi(APIView):
+class AuditCheckpointLatestApi(PlatformLogScope, APIView):
     permission_classes = [IsAuditor]
 
     @extend_schema(parameters=[OpenApiParameter("tenant", str)], responses=OpenApiResponse(description="latest checkpoint"))

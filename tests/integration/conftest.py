@@ -114,6 +114,7 @@ def processes(transactional_db, shared_artefacts, tmp_path):
         "GATEHOUSE_LEASE_SECONDS": "2",
         "GATEHOUSE_RECONCILE_INTERVAL_SECONDS": "0.5",
         "GATEHOUSE_DB_CONN_MAX_AGE": "0",
+        "GATEHOUSE_DB_SCOPE": "system",  # workers and reconcilers see every tenant (gateway/dbscope.py)
         "PYTHONUNBUFFERED": "1",
     }
     env.pop("GATEHOUSE_ARTEFACT_S3_BUCKET", None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from approvals.models import Decision, Gate
+from audit.models import AuditEntry
 from gateway.models import Run, TaskInstance
 
 from tests.engine.driver import workflow
@@ -96,6 +97,8 @@ def test_portal_forms_refuse_a_post_without_the_csrf_token(world, client):
     refused = strict.post(f"/gates/{gate.id}/", {"option": "confirm"})
     assert refused.status_code == 403
     assert not Decision.objects.exists()
+    denial = AuditEntry.objects.filter(event="access.denied", actor=world["analyst"]).last()
+    assert denial is not None and denial.body["error"] == "csrf_failed"
     # With the token from the page, the same form goes through.
     page = strict.get(f"/gates/{gate.id}/")
     token = page.cookies["csrftoken"].value
@@ -116,3 +119,14 @@ def test_the_api_refuses_a_session_write_without_the_csrf_token(world):
     refused = strict.post(f"/api/v1/gates/{gate.id}/decide", {"option": "confirm"}, content_type="application/json")
     assert refused.status_code == 403
     assert not Decision.objects.exists()
+
+
+def test_portal_refusals_are_audited(world, client):
+    client.force_login(world["analyst"])
+    before = AuditEntry.objects.filter(event="access.denied", actor=world["analyst"]).count()
+    response = client.get(f"/gates/{world['away_gate'].id}/")
+    assert response.status_code == 404
+    assert str(world["away_gate"].id).encode() not in response.content
+    denials = AuditEntry.objects.filter(event="access.denied", actor=world["analyst"])
+    assert denials.count() == before + 1
+    assert denials.last().body["data"]["status"] == 404

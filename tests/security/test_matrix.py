@@ -47,6 +47,10 @@ MATRIX = {
     "clearance-set": ("post", {"tenant_admin"}, 200, 404),  # same URL as clearance-list; the target is a home analyst
     "clearance-detail": ("get", {"tenant_admin"}, 200, 404),
     "clearance-revoke": ("delete", {"tenant_admin"}, 200, 404),  # same URL as clearance-detail
+    "tenant-user-list": ("get", {"tenant_admin"}, 200, 200),  # their own tenant's users only
+    "tenant-user-create": ("post", {"tenant_admin"}, 201, 201),  # same URL as tenant-user-list; in their own tenant
+    "tenant-user-detail": ("get", {"tenant_admin"}, 200, 404),
+    "tenant-user-update": ("patch", {"tenant_admin"}, 200, 404),  # same URL as tenant-user-detail
 }
 # Rows that share another row's URL (another method of the same endpoint).
 SAME_URL = {"run-submit": "run-list", "gate-assign": "gate-assignees", "clearance-set": "clearance-list", "clearance-revoke": "clearance-detail", "tenant-user-create": "tenant-user-list", "tenant-user-update": "tenant-user-detail"}
