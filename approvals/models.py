@@ -63,6 +63,10 @@ class Decision(models.Model):
     input_digest = models.CharField(max_length=64)
     comment = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # An approval stops counting when its maker no longer may decide the gate (clearance revoked,
+    # expired or lowered; role, group or assignment removed) or the gate's revision moved on.
+    voided_at = models.DateTimeField(null=True, blank=True)
+    void_reason = models.CharField(max_length=200, blank=True)
 
     class Meta:
         constraints = [
@@ -93,3 +97,4 @@ class GateUserObjectPermission(UserObjectPermissionBase):
 
 class GateGroupObjectPermission(GroupObjectPermissionBase):
     content_object = models.ForeignKey(Gate, on_delete=models.CASCADE)
+

@@ -111,6 +111,17 @@ def assigned_gates(user):
                                 accept_global_perms=False, with_superuser=False)
 
 
+def same_person(a, b) -> bool:
+    """Two accounts of one person: the same account, or the same e-mail address (the identity
+    provider keeps addresses unique and verified, so a second account of the same address is the
+    same person)."""
+    if a is None or b is None:
+        return False
+    if a.pk == b.pk:
+        return True
+    return bool(a.email) and a.email.strip().lower() == (b.email or "").strip().lower()
+
+
 def may_decide(gate: Gate, user) -> bool:
     """Among the gate's approvers by role or group in the gate's tenant, or assigned to it."""
     membership = Membership.objects.filter(user=user, tenant_id=gate.tenant_id).first()
@@ -152,6 +163,9 @@ def gate_decide(*, gate: Gate, actor, option: str, input_value=None, comment: st
         raise NotFound("No such gate.")
     if not may_decide(gate, actor):
         _refuse(gate, actor, ErrorCode.GATE_NOT_APPROVER, "You are not an approver of this gate.", Forbidden)
+    if same_person(actor, gate.run.submitter):
+        _refuse(gate, actor, ErrorCode.GATE_SELF_APPROVAL, "Nobody may decide a gate of a run they submitted.",
+                Forbidden)
     chosen = gate.option(option)
     if chosen is None:
         _refuse(gate, actor, ErrorCode.GATE_UNKNOWN_OPTION, f"Unknown option {option!r}.", option=option)
@@ -192,10 +206,7 @@ def gate_decide(*, gate: Gate, actor, option: str, input_value=None, comment: st
                           reason=f"rejected by {actor.get_username()} ({decision.option})", actor=actor)
                 audit_append(event="gate.rejected", tenant_id=gate.tenant_id, actor=actor, obj=gate)
             else:
-                approvals = (
-                    Decision.objects.filter(gate=gate, gate_revision=gate.revision, outcome=Outcome.APPROVE)
-                    .values("approver").distinct().count()
-                )
+                approvals = len(_standing_approvals(gate))
                 if approvals >= gate.required_approvals:
                     _conclude(gate, task, state=GateState.APPROVED, task_state=TaskState.SUCCEEDED,
                               reason=f"{decision.option} ({approvals} of {gate.required_approvals})", actor=actor,
@@ -204,6 +215,108 @@ def gate_decide(*, gate: Gate, actor, option: str, input_value=None, comment: st
             return decision
     except IntegrityError:  # the same person deciding twice at once: the unique constraint holds
         raise Conflict(ErrorCode.GATE_ALREADY_VOTED, "You have already decided this gate.") from None
+
+
+def approval_void_reason(decision: Decision, gate: Gate) -> str:
+    """Why an approval no longer counts, or "" while it does."""
+    user = decision.approver
+    if decision.gate_revision != gate.revision:
+        return "gate revised"
+    if not user.is_active:
+        return "approver disabled"
+    if not may_decide(gate, user):
+        return "approver no longer eligible"
+    if not visible_to(gate, user):
+        return "clearance no longer covers the gate"
+    if same_person(user, gate.run.submitter):
+        return "approver submitted the run"
+    return ""
+
+
+def _standing_approvals(gate: Gate) -> list[Decision]:
+    """The approvals that still count, each re-checked now (called under the gate's lock, at release):
+    the others are voided and audited, so a clearance revoked or a role removed since the approval
+    was given never helps release the gate."""
+    standing, seen = [], set()
+    rows = (Decision.objects.select_related("approver").select_for_update(of=("self",))
+            .filter(gate=gate, outcome=Outcome.APPROVE, voided_at__isnull=True).order_by("created_at"))
+    for decision in rows:
+        reason = approval_void_reason(decision, gate)
+        if reason:
+            _void(decision, gate, reason)
+        elif decision.approver_id not in seen:
+            seen.add(decision.approver_id)
+            standing.append(decision)
+    return standing
+
+
+def _void(decision: Decision, gate: Gate, reason: str, actor=None) -> None:
+    decision.voided_at, decision.void_reason = timezone.now(), reason
+    decision.save(update_fields=["voided_at", "void_reason"])
+    audit_append(event="decision.voided", tenant_id=gate.tenant_id, actor=actor, obj=gate,
+                 data={"decision": str(decision.id), "approver": decision.approver.get_username(), "reason": reason})
+
+
+def decisions_void_for(user, *, actor=None) -> int:
+    """Void the open-gate approvals of `user` that no longer stand (after their clearance, roles or
+    assignment changed), so what the gate shows is true before anyone tries to release it."""
+    voided = 0
+    open_decisions = (Decision.objects.select_related("gate", "gate__run", "approver")
+                      .filter(approver=user, voided_at__isnull=True, gate__state=GateState.OPEN))
+    for decision in open_decisions:
+        with transaction.atomic():
+            gate = Gate.objects.select_for_update().select_related("run").get(id=decision.gate_id)
+            fresh = Decision.objects.select_related("approver").get(id=decision.id)
+            if gate.state == GateState.OPEN and fresh.voided_at is None:
+                reason = approval_void_reason(fresh, gate)
+                if reason:
+                    _void(fresh, gate, reason, actor=actor)
+                    voided += 1
+    return voided
+
+
+def gate_relabel(*, gate: Gate, classification: str, actor) -> Gate:
+    """Raise a gate's label (never lower it: that is a downgrade, a separate action). The gate's
+    revision moves on, so every decision on the old revision stops counting, and the label flows on
+    to the open tasks that read the gate's input, and to what reads theirs."""
+    from gateway.clearances import label_parse, labels_register, require_clearance
+    from gateway.labels import dominates, format_label, lub
+
+    new = label_parse(classification)
+    with transaction.atomic():
+        task = TaskInstance.objects.select_for_update().get(id=gate.task_id)
+        gate = Gate.objects.select_for_update().get(id=gate.id)
+        if gate.state != GateState.OPEN:
+            raise Conflict(ErrorCode.GATE_ALREADY_DECIDED, f"The gate is already {gate.state.lower()}.")
+        old = label_parse(gate.classification)
+        if not dominates(new, old):
+            raise GatehouseError(ErrorCode.LABEL_DOWNGRADE, "A label can only be raised here; lowering it is a "
+                                 "downgrade, a separate action.")
+        require_clearance(actor, gate.tenant_id, [new], what="The new label")
+        if new == old:
+            return gate
+        banner = format_label(new)
+        labels_register(gate.tenant_id, [new])
+        raised = {task.key: new}
+        tasks = {t.key: t for t in TaskInstance.objects.select_for_update().filter(run_id=gate.run_id).order_by("id")}
+        for key, row in tasks.items():  # topological order: rows are created that way
+            sources = [i["from"].split("/", 1)[0] for i in row.spec.get("inputs", ())]
+            sources += [ref.split("/", 1)[0] for ref in (row.spec.get("gate") or {}).get("shows", ())]
+            if key in raised or not any(s in raised for s in sources) or row.terminal:
+                continue
+            raised[key] = lub(label_parse(row.classification), *(raised[s] for s in sources if s in raised))
+        for key, label in raised.items():
+            labels_register(gate.tenant_id, [label])
+            TaskInstance.objects.filter(id=tasks[key].id).update(classification=format_label(label))
+        before = gate.classification
+        gate.classification, gate.revision = banner, gate.revision + 1
+        gate.save(update_fields=["classification", "revision"])
+        for decision in Decision.objects.select_related("approver").filter(gate=gate, voided_at__isnull=True):
+            _void(decision, gate, "gate revised", actor=actor)
+        audit_append(event="gate.revised", tenant_id=gate.tenant_id, actor=actor, obj=gate,
+                     data={"before": before, "after": banner, "revision": gate.revision,
+                           "tasks_raised": sorted(raised)})
+    return gate
 
 
 def gate_time_out(gate_id, now=None) -> str | None:

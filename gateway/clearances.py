@@ -226,7 +226,15 @@ def clearance_set(*, tenant: Tenant, user, data: ClearanceInput, actor=None) -> 
         audit_append(event="clearance.granted" if before is None else "clearance.changed", tenant=tenant,
                      actor=actor, object_type="clearance", object_id=str(row.pk),
                      data={"user": user.get_username(), "before": before, "after": _snapshot(row)})
+        _void_approvals(user, actor)
     return row
+
+
+def _void_approvals(user, actor) -> None:
+    """A lowered or revoked clearance voids the member's approvals on open gates it no longer covers."""
+    from approvals.services import decisions_void_for
+
+    decisions_void_for(user, actor=actor)
 
 
 def clearance_revoke(*, tenant: Tenant, clearance: Clearance, actor=None) -> Clearance:
@@ -240,4 +248,5 @@ def clearance_revoke(*, tenant: Tenant, clearance: Clearance, actor=None) -> Cle
         audit_append(event="clearance.revoked", tenant=tenant, actor=actor, object_type="clearance",
                      object_id=str(row.pk), data={"user": row.user.get_username(), "before": before,
                                                   "after": _snapshot(row)})
+        _void_approvals(row.user, actor)
     return row

@@ -27,6 +27,7 @@ class ErrorCode:
     # classification and clearances
     LABEL_INVALID = "label_invalid"
     LABEL_ABOVE_CLEARANCE = "label_above_clearance"
+    LABEL_DOWNGRADE = "label_downgrade"
     CLEARANCE_INVALID = "clearance_invalid"
     CLEARANCE_SELF = "clearance_self"
     # workflows and runs
@@ -40,6 +41,7 @@ class ErrorCode:
     GATE_UNKNOWN_OPTION = "gate_unknown_option"
     GATE_INPUT_INVALID = "gate_input_invalid"
     GATE_NOT_APPROVER = "gate_not_approver"
+    GATE_SELF_APPROVAL = "gate_self_approval"
     ASSIGNEE_NOT_CLEARED = "assignee_not_cleared"
     # artefacts
     ARTEFACT_UNAVAILABLE = "artefact_unavailable"

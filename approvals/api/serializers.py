@@ -9,7 +9,8 @@ class DecisionSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Decision
-        fields = ["id", "gate_revision", "approver", "option", "outcome", "input_digest", "comment", "created_at"]
+        fields = ["id", "gate_revision", "approver", "option", "outcome", "input_digest", "comment", "created_at",
+                  "voided_at", "void_reason"]
 
 
 class GateSerializer(serializers.ModelSerializer):
@@ -23,7 +24,8 @@ class GateSerializer(serializers.ModelSerializer):
                   "on_timeout", "escalated", "opened_at", "decided_at", "outcome_reason"]
 
     def get_approvals(self, obj) -> int:
-        return obj.decisions.filter(gate_revision=obj.revision, outcome="approve").values("approver").distinct().count()
+        return (obj.decisions.filter(gate_revision=obj.revision, outcome="approve", voided_at__isnull=True)
+                .values("approver").distinct().count())
 
 
 class GateDetailSerializer(GateSerializer):

@@ -97,3 +97,22 @@ class GateAssigneeDetailApi(APIView):
         member = member_of_tenant(gate.tenant, user_id)
         services.gate_unassign(gate=gate, user=member.user, actor=request.user)
         return Response({"assignees": selectors.gate_assignees(gate)})
+
+
+class GateRelabelSerializer(StrictSerializer):
+    classification = serializers.CharField(max_length=1024)
+
+
+class GateRelabelApi(APIView):
+    """Tenant admins raise a gate's label; every decision on the old revision stops counting."""
+
+    permission_classes = [IsTenantAdmin]
+
+    @extend_schema(request=GateRelabelSerializer, responses=GateDetailSerializer)
+    def post(self, request, gate_id):
+        gate = selectors.gate_get_for_user(gate_id, request.user)
+        serializer = GateRelabelSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        gate = services.gate_relabel(gate=gate, classification=serializer.validated_data["classification"],
+                                     actor=request.user)
+        return Response(GateDetailSerializer(gate).data)

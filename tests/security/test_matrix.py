@@ -40,6 +40,7 @@ MATRIX = {
     "audit-entries": ("get", {"auditor", "platform_auditor"}, 200, None),
     "audit-export": ("get", {"auditor", "platform_auditor"}, 200, None),
     "audit-checkpoint-latest": ("get", {"auditor", "platform_auditor"}, 200, None),
+    "gate-relabel": ("post", {"tenant_admin"}, 200, 404),
     "gate-assignees": ("get", {"tenant_admin"}, 200, 404),
     "gate-assign": ("post", {"tenant_admin"}, 201, 404),  # same URL as gate-assignees
     "gate-assignee-detail": ("delete", {"tenant_admin"}, 200, 404),  # unassign the member assigned in `world`
@@ -116,7 +117,7 @@ def call(client, name: str, w: dict):
         kwargs = {"run_id": w["run"].id}
     elif name in ("artefact-detail", "artefact-content"):
         kwargs = {"artefact_id": w["artefact"].id}
-    elif name in ("gate-detail", "gate-decide", "gate-assignees", "gate-assign"):
+    elif name in ("gate-detail", "gate-decide", "gate-assignees", "gate-assign", "gate-relabel"):
         kwargs = {"gate_id": w["gate"].id}
     elif name == "gate-assignee-detail":
         kwargs = {"gate_id": w["gate"].id, "user_id": w["users"][("home", "assigned")].pk}
@@ -131,6 +132,8 @@ def call(client, name: str, w: dict):
         return client.post(url, {"option": "confirm"}, format="json")
     if name == "run-cancel":
         return client.post(url, {}, format="json")
+    if name == "gate-relabel":
+        return client.post(url, {"classification": "TOP SECRET"}, format="json")
     if name == "gate-assign":
         return client.post(url, {"user_id": w["users"][("home", "auditor")].pk}, format="json")
     if name == "clearance-set":
@@ -149,7 +152,8 @@ def state(w: dict) -> tuple:
                          .values_list("user_id", "roles", "user__is_active"))
     clearances = tuple(Clearance.objects.filter(tenant=w["home"]).order_by("id").values_list("id", "revision", "status"))
     grants = tuple(GateUserObjectPermission.objects.order_by("id").values_list("user_id", "content_object_id"))
-    return (Run.objects.count(), Decision.objects.count(), w["run"].state, home_members, clearances, grants)
+    gate = Gate.objects.values_list("classification", "revision").get(id=w["gate"].id)
+    return (Run.objects.count(), Decision.objects.count(), w["run"].state, home_members, clearances, grants, gate)
 
 
 @pytest.mark.parametrize("name", sorted(MATRIX))
@@ -196,11 +200,11 @@ def test_another_tenant_sees_nothing(world, api, name):
 # the role, with nothing of the run in it.
 BELOW_CLEARANCE = {
     **{name: 404 for name in ("run-detail", "run-cancel", "run-artefacts", "artefact-detail", "artefact-content",
-                              "gate-detail", "gate-decide", "gate-assignees", "gate-assign", "gate-assignee-detail")},
+                              "gate-detail", "gate-decide", "gate-assignees", "gate-assign", "gate-assignee-detail", "gate-relabel")},
     "run-submit": 403,
     "audit-export": 403,
 }
-WRITES = {"workflow-validate", "gate-assign", "gate-assignee-detail", "clearance-set", "clearance-revoke", "tenant-user-create", "tenant-user-update"}
+WRITES = {"workflow-validate", "gate-relabel", "gate-assign", "gate-assignee-detail", "clearance-set", "clearance-revoke", "tenant-user-create", "tenant-user-update"}
 
 
 @pytest.mark.parametrize("name", sorted(MATRIX))
