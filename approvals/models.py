@@ -98,3 +98,6 @@ class GateUserObjectPermission(UserObjectPermissionBase):
 class GateGroupObjectPermission(GroupObjectPermissionBase):
     content_object = models.ForeignKey(Gate, on_delete=models.CASCADE)
 
+
+# Approvers' signing keys and accepted decision signatures live in approvals/signing/models.py.
+from .signing.models import ApproverKey, ApproverPrivateKey, DecisionSignature  # noqa: E402,F401

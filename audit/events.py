@@ -45,6 +45,10 @@ EVENTS = frozenset(
         "decision.voided",  # an approval stopped counting (clearance, eligibility or revision changed)
         "gate.assigned",  # a tenant admin granted one user the right to decide one gate
         "gate.unassigned",
+        # approvers' signing keys (approvals/signing/keys.py)
+        "approver_key.enrolled",
+        "approver_key.rotated",  # a new key in use, the previous one retired (it still verifies what it signed)
+        "approver_key.revoked",  # withdrawn: nothing it signed verifies any more
         # reads of content
         "artefact.read",
         "audit.searched",

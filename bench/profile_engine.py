@@ -81,14 +81,18 @@ def main() -> int:
     from bench.fanout import workflow
     from gateway.dispatch import RecordingDispatcher
     from gateway.services import run_submit
+    from gateway.clearances import ClearanceInput
     from gateway.tenancy import member_create, tenant_create
+
+    BENCH_CLEARANCE = ClearanceInput(policy=None, max_level="TOP SECRET", compartments=[], releasability=[])
     from gateway.worker import task_claim, task_execute, task_finish, task_run
 
     assert settings.DATABASES["default"]["NAME"] == "gatehouse_bench"
     call_command("migrate", interactive=False, verbosity=0)
     tag = uuid.uuid4().hex[:8]
     tenant = tenant_create(slug=f"profile-{tag}", name="Engine profile")
-    author = member_create(tenant=tenant, username=f"profile-author-{tag}", roles=["author"])
+    author = member_create(tenant=tenant, username=f"profile-author-{tag}", roles=["author"],
+                           clearance=BENCH_CLEARANCE)
 
     def pop() -> list[tuple[int, int]]:
         with RecordingDispatcher.lock:

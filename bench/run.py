@@ -244,11 +244,13 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         _prepare_database()
+        from gateway.clearances import ClearanceInput
         from gateway.tenancy import member_create, tenant_create
 
         tenant = tenant_create(slug="bench", name="Benchmarks")
-        author = member_create(tenant=tenant, username="bench-author", roles=["author"])
-        analyst = member_create(tenant=tenant, username="bench-analyst", roles=["analyst"])
+        cleared = ClearanceInput(policy=None, max_level="TOP SECRET", compartments=[], releasability=[])
+        author = member_create(tenant=tenant, username="bench-author", roles=["author"], clearance=cleared)
+        analyst = member_create(tenant=tenant, username="bench-analyst", roles=["analyst"], clearance=cleared)
         ctx = Context(procs, tenant, author, analyst)
         pg_version, redis_version = _versions()
         options = {

@@ -144,8 +144,8 @@ class TokenStore:
         answer = _oauth_post(data["token_endpoint"], {"grant_type": "refresh_token", "client_id": data["client_id"],
                                                       "refresh_token": data["refresh_token"]})
         if "access_token" not in answer:
-            raise CliError(f"your login has expired or was ended ({answer.get('error_description') or answer.get('error')}); "
-                           f"{LOGIN_AGAIN}")
+            why = answer.get("error_description") or answer.get("error")
+            raise CliError(f"your login has expired or was ended ({why}); {LOGIN_AGAIN}")
         data = {**data, **_token_fields(answer)}
         self.save(data)
         return data["access_token"]
@@ -215,7 +215,8 @@ def cmd_login(args, out, err) -> int:
         raise CliError(f"{issuer} offers no device login (no device_authorization_endpoint)")
     start = _oauth_post(endpoint, {"client_id": client_id, "scope": "openid profile email"})
     if "device_code" not in start:
-        raise CliError(f"the identity provider refused the login: {start.get('error_description') or start.get('error')}")
+        why = start.get("error_description") or start.get("error")
+        raise CliError(f"the identity provider refused the login: {why}")
     link = start.get("verification_uri_complete") or start["verification_uri"]
     print(f"To sign in, open {link}\nand check that it shows the code {start['user_code']}.", file=err, flush=True)
     interval = max(int(start.get("interval", 5)), 1)
@@ -489,17 +490,43 @@ def cmd_audit_verify(args, out, err) -> int:
     return verifier.main(argv)
 
 
+
+# -- `gatehouse approval verify`: an approval receipt, offline (approvals/receipt_verify.py) -----------
+
+
+def cmd_approval_verify(args, out, err) -> int:
+    from approvals import receipt_verify
+
+    try:
+        with open(args.receipt, "rb") as fh:
+            receipt = json.loads(fh.read())
+    except (OSError, ValueError) as exc:
+        raise CliError(f"cannot read {args.receipt}: {exc}", EXIT_USAGE) from None
+    report = receipt_verify.verify_receipt(receipt)
+    print(report.result_line(), file=out if report.ok else err)
+    return EXIT_OK if report.ok else EXIT_ERROR
+
+
+def _add_approval_commands(groups) -> None:
+    approval = groups.add_parser("approval", help="signed gate decisions").add_subparsers(dest="command", required=True)
+    p = approval.add_parser("verify", help="verify an approval receipt offline (exit 0 valid, 1 not, 2 usage)")
+    p.add_argument("receipt", help="the receipt file (JSON)")
+    p.set_defaults(func=cmd_approval_verify)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gatehouse", description=__doc__.splitlines()[0])
     parser.add_argument("--server", help="Gatehouse URL (default $GATEHOUSE_URL or http://127.0.0.1:8000)")
-    parser.add_argument("--token", help="API token or access token (default $GATEHOUSE_TOKEN, then `gatehouse login`'s)")
+    parser.add_argument("--token",
+                        help="API token or access token (default $GATEHOUSE_TOKEN, then `gatehouse login`'s)")
     parser.add_argument("--token-type", choices=["bearer", "token"], type=str.lower,
                         help="send the token as Bearer or Token (default $GATEHOUSE_TOKEN_TYPE, else a JWT is Bearer)")
     groups = parser.add_subparsers(dest="group", required=True)
 
     p = groups.add_parser("login", help="sign in with the identity provider (device login); keeps the tokens")
     p.add_argument("--issuer", help="the realm's issuer URL (default $GATEHOUSE_OIDC_ISSUER)")
-    p.add_argument("--client-id", help=f"the public client (default $GATEHOUSE_OIDC_CLIENT_ID or {DEFAULT_CLI_CLIENT_ID})")
+    p.add_argument("--client-id",
+                   help=f"the public client (default $GATEHOUSE_OIDC_CLIENT_ID or {DEFAULT_CLI_CLIENT_ID})")
     p.set_defaults(func=cmd_login)
     p = groups.add_parser("logout", help="end the stored login and forget its tokens")
     p.set_defaults(func=cmd_logout)
@@ -552,6 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trusted-key", action="append", help="a verifier key string (or a file holding one) to trust")
     p.add_argument("--trusted-checkpoint", help="a checkpoint saved from an earlier export")
     p.set_defaults(func=cmd_audit_verify)
+    _add_approval_commands(groups)
     return parser
 
 

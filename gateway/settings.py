@@ -317,6 +317,20 @@ GATEHOUSE_AUDIT = {
     "MAX_INTEGRATION_LAG_SECONDS": env.int("GATEHOUSE_AUDIT_MAX_INTEGRATION_LAG_SECONDS", default=3600),
 }
 
+# Signatures on gate decisions (approvals/signing/).
+GATEHOUSE_APPROVAL_SIGNING = {
+    # "local": per-approver Ed25519 keys on the server, sealed under MASTER_KEY_FILE (created on first
+    # use outside production); "transit": OpenBao/Vault Transit, one key per approver named after their
+    # identity provider subject, signed with a Vault token issued to the approver from their access token.
+    "BACKEND": env.str("GATEHOUSE_APPROVAL_SIGNER", default="local"),
+    "MASTER_KEY_FILE": env.str("GATEHOUSE_APPROVAL_MASTER_KEY_FILE", default=str(VAR_DIR / "keys" / "approval-master.key")),
+    "VAULT_URL": env.str("GATEHOUSE_APPROVAL_VAULT_URL", default="") or env.str("GATEHOUSE_VAULT_URL", default=""),
+    "VAULT_JWT_MOUNT": env.str("GATEHOUSE_APPROVAL_VAULT_JWT_MOUNT", default="jwt"),
+    "VAULT_JWT_ROLE": env.str("GATEHOUSE_APPROVAL_VAULT_JWT_ROLE", default="gatehouse-approver"),
+    "VAULT_TRANSIT_MOUNT": env.str("GATEHOUSE_APPROVAL_VAULT_TRANSIT_MOUNT", default="transit"),
+    "VAULT_VERIFY_TLS": env.bool("GATEHOUSE_APPROVAL_VAULT_VERIFY_TLS", default=True),
+}
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

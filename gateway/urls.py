@@ -32,6 +32,23 @@ api_v1 = [
     path("audit/checkpoints/latest", audit_views.AuditCheckpointLatestApi.as_view(), name="audit-checkpoint-latest"),
 ]
 
+_admin_password_login = admin.site.login
+
+
+def _admin_login(request, extra_context=None):
+    """The admin site signs in the way the portal does: its own password form is the dev login
+    (DEBUG or the test profile only); otherwise the portal's login (Keycloak in oidc mode)."""
+    from django.contrib.auth.views import redirect_to_login
+
+    from gateway.identity.devlogin import dev_login_allowed
+
+    if dev_login_allowed():
+        return _admin_password_login(request, extra_context)
+    return redirect_to_login(request.GET.get("next") or "/admin/", login_url="/login/")
+
+
+admin.site.login = _admin_login
+
 urlpatterns = [
     path("api/v1/", include(api_v1)),
     path("api/v1/", include(identity_urls.api_v1)),

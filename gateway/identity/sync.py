@@ -7,6 +7,7 @@ from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 
 from audit.services import audit_append
+from gateway import dbscope
 from gateway.errors import NoTenant
 from gateway.models import Membership, Tenant
 
@@ -99,6 +100,9 @@ def _free_username(wanted: str, subject: str, exclude_pk=None) -> str:
 
 @transaction.atomic
 def _write(principal: Principal, tenant: Tenant):
+    # The identity provider vouched for this tenant: bind the connection to it before writing its
+    # audit entries (row-level security refuses a tenant's row from an unbound web connection).
+    dbscope.bind_tenant(tenant.id)
     User = get_user_model()
     link = ExternalIdentity.objects.select_for_update().select_related("user").filter(
         issuer=issuer(), subject=principal.subject).first()

@@ -118,3 +118,29 @@ def test_the_client_reads_its_config_file(tmp_path, live_server, db):
     (config / "config.ini").write_text(f"[gatehouse]\nurl = {live_server.url}\ntoken = wrong-token\n")
     result = cli("gate", "list", home=tmp_path)
     assert result.returncode == 1 and "error 401" in result.stderr  # it used the file's URL and token
+
+
+def test_the_token_type_can_be_given(live_server, author, tmp_path):
+    from rest_framework.authtoken.models import Token
+
+    key = Token.objects.create(user=author).key
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEHOUSE_")}
+    env.update(HOME=str(tmp_path), GATEHOUSE_URL=live_server.url, GATEHOUSE_TOKEN=key)
+
+    def run(**extra):
+        return subprocess.run([GATEHOUSE, "run", "list"], capture_output=True, text=True, env={**env, **extra},
+                              timeout=60)
+
+    assert run().returncode == 0  # a dev API token, not a JWT: sent as `Token`
+    as_bearer = run(GATEHOUSE_TOKEN_TYPE="bearer")  # dev mode checks no bearer tokens
+    assert as_bearer.returncode == 1 and "error 401" in as_bearer.stderr
+    wrong = run(GATEHOUSE_TOKEN_TYPE="basic")
+    assert wrong.returncode == 2 and "bearer or token" in wrong.stderr
+
+
+def test_a_jwt_is_recognised_by_its_shape():
+    from gateway.cli import looks_like_jwt
+
+    assert looks_like_jwt("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln")  # {"alg":"RS256"}.{"sub":"x"}.sig
+    assert not looks_like_jwt("0123456789abcdef0123456789abcdef01234567")
+    assert not looks_like_jwt("a.b.c") and not looks_like_jwt("eyJzdWIiOiJ4In0.e30.x")  # no alg in the header

@@ -27,7 +27,8 @@ def oidc(settings, keycloak, db):
 
     settings.GATEHOUSE_AUTH = {
         **settings.GATEHOUSE_AUTH, "MODE": "oidc", "SERVER_URL": keycloak.url, "REALM": REALM, "ISSUER": "",
-        "CLIENT_ID": CLIENT_ID, "CLIENT_SECRET": CLIENT_SECRET, "ADMIN_REALM": "", "ADMIN_CLIENT_ID": "",
+        "CLIENT_ID": CLIENT_ID, "CLIENT_SECRET": CLIENT_SECRET, "CLI_CLIENT_ID": "",
+        "ADMIN_REALM": "", "ADMIN_CLIENT_ID": "",
         "ADMIN_CLIENT_SECRET": "", "ADMIN_USERNAME": "", "ADMIN_PASSWORD": "", "LEEWAY": 30,
         "TENANT_GROUP_PREFIX": "/tenants/", "TENANT_CLAIM": "", "ROLE_MAP": "", "INTROSPECTION_CACHE_SECONDS": 0,
         "JWKS_MIN_REFRESH_SECONDS": 0, "JWKS_CACHE_SECONDS": 3600, "TIMEOUT": 10, "VERIFY_TLS": True,

@@ -215,3 +215,14 @@ def test_logout_ends_the_keycloak_session_and_forgets_the_tokens(cli_client, ten
                                  data={"token": data["access_token"], "client_id": "gatehouse",
                                        "client_secret": "gatehouse-secret"}).json()
     assert introspected == {"active": False}
+
+
+def test_the_cli_clients_tokens_count_only_when_configured(oidc, settings, tenant, keycloak, kc_user, bearer):
+    keycloak.configure_client(CLI_CLIENT, device_flow=True, device_interval=1, audience=["gatehouse"])
+    uid, username = kc_user()
+    token = keycloak.password_token(username, client_id=CLI_CLIENT, secret="")["access_token"]
+    refused = bearer(token).get("/api/v1/runs")
+    assert refused.status_code == 401 and "another client" in refused.json()["message"]
+    assert not ExternalIdentity.objects.filter(subject=uid).exists()
+    settings.GATEHOUSE_AUTH = {**settings.GATEHOUSE_AUTH, "CLI_CLIENT_ID": CLI_CLIENT}
+    assert bearer(token).get("/api/v1/runs").status_code == 200

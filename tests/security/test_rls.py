@@ -610,3 +610,19 @@ def test_a_celery_worker_makes_itself_a_system_process(settings):
 
         connection.close()
     assert dbscope.process_scope() == "request"
+
+
+def test_a_user_seen_first_through_the_identity_provider_is_written_in_its_tenants_scope(web_as_app, as_owner):
+    """Provisioning on first sight runs before any selector has bound the connection."""
+    from gateway.identity.sync import Principal, user_for_principal
+
+    w = web_as_app
+    a = w["a"]["tenant"]
+    assert dbscope.current() == ""
+    user = user_for_principal(Principal(subject="sub-first-sight", username="first-sight", email="",
+                                        tenant_slug=a.slug, roles=("analyst",), groups=()))
+    dbscope.reset()
+    assert _owner_rows(as_owner, "SELECT tenant_id, roles FROM gateway_membership WHERE user_id = %s",
+                       [user.pk]) == [(a.id, ["analyst"])]
+    assert _owner_rows(as_owner, "SELECT tenant_id FROM audit_auditentry WHERE event = 'member.created' AND "
+                                 "object_id = %s", [str(user.pk)]) == [(a.id,)]
