@@ -1,6 +1,7 @@
 """Write paths for gates: open, decide, time out, close on cancel."""
 from __future__ import annotations
 
+import base64
 import hashlib
 from datetime import timedelta
 
@@ -153,9 +154,53 @@ def gate_unassign(*, gate: Gate, user, actor) -> None:
                      data={"user": user.get_username()})
 
 
-def gate_decide(*, gate: Gate, actor, option: str, input_value=None, comment: str = "") -> Decision:
-    """One analyst's decision. The first conclusive outcome wins: `required_approvals` distinct
-    approvals release the dependants at once; one rejection skips them."""
+def _signer(actor, access_token: str | None):
+    """The approver's signer. In the embedded default (keys on the server) a first decision enrols
+    the approver's key (audited); with Vault Transit the key must exist and the approver's own
+    access token is what lets Vault sign with it."""
+    from django.conf import settings
+
+    from .signing.keys import SigningKeyError, approver_key_enrol
+    from .signing.models import KeyBackend
+    from .signing.signers import signer_for
+
+    try:
+        return signer_for(actor, access_token=access_token)
+    except SigningKeyError:
+        if settings.GATEHOUSE_APPROVAL_SIGNING["BACKEND"] != KeyBackend.LOCAL:
+            raise
+        approver_key_enrol(actor, actor=actor, backend=KeyBackend.LOCAL)
+        return signer_for(actor, access_token=access_token)
+
+
+def _sign(gate: Gate, actor, chosen: dict, input_value, signed, access_token):
+    """The signed decision: the one the client sent (checked when recorded), or one made now with the
+    approver's key. Refusals are audited and answer 400 (bad signature) or 503 (no signer)."""
+    from .signing.decisions import SignatureRefused, decision_sign
+    from .signing.keys import SigningKeyError
+    from .signing.signers import SigningError
+
+    if signed is not None:
+        return signed
+    try:
+        return decision_sign(_signer(actor, access_token), gate=gate, approver=actor, option=chosen["name"],
+                             input_value=input_value)
+    except SignatureRefused as exc:
+        _refuse(gate, actor, ErrorCode.SIGNATURE_REFUSED, f"The signature was refused: {exc.message}", kind=exc.kind)
+    except (SigningError, SigningKeyError) as exc:
+        _refuse(gate, actor, ErrorCode.SIGNER_UNAVAILABLE, f"The decision could not be signed: {exc}",
+                lambda code, message: GatehouseError(code, message, status=503))
+
+
+def gate_decide(*, gate: Gate, actor, option: str, input_value=None, comment: str = "", signed=None,
+                access_token: str | None = None) -> Decision:
+    """One analyst's decision, signed by them (approvals/signing): `signed` when the client signed the
+    document itself, else signed now with the approver's key (`access_token`: theirs, for Vault).
+    The signature is verified when recorded and again at release. The first conclusive outcome
+    wins: `required_approvals` distinct standing approvals release the dependants at once; one
+    rejection skips them."""
+    from .signing.decisions import SignatureRefused, decision_signature_record
+
     if gate.state != GateState.OPEN:  # checked again under the lock below
         raise Conflict(ErrorCode.GATE_ALREADY_DECIDED, f"The gate is already {gate.state.lower()}.")
     # Scope again in the write path (the API read the gate through the selector; other callers may not).
@@ -175,6 +220,7 @@ def gate_decide(*, gate: Gate, actor, option: str, input_value=None, comment: st
         except jsonschema.ValidationError as exc:
             path = "/" + "/".join(str(p) for p in exc.absolute_path)
             _refuse(gate, actor, ErrorCode.GATE_INPUT_INVALID, f"The input does not match the gate's form at {path}: {exc.message}")
+    signed = _sign(gate, actor, chosen, input_value, signed, access_token)  # outside the lock: Vault is remote
     try:
         with transaction.atomic():
             task = TaskInstance.objects.select_for_update().get(id=gate.task_id)
@@ -194,12 +240,17 @@ def gate_decide(*, gate: Gate, actor, option: str, input_value=None, comment: st
                 input_digest=hashlib.sha256(canonical(input_value)).hexdigest(),
                 comment=comment,
             )
+            signature = decision_signature_record(signed, gate=gate, decision=decision, expect_approver=actor,
+                                                  expect_option=chosen["name"], expect_input=input_value)
             audit_append(
                 event="gate.decided",
                 tenant_id=gate.tenant_id,
                 actor=actor,
                 obj=gate,
-                data={"option": decision.option, "outcome": decision.outcome, "input_digest": decision.input_digest},
+                data={"option": decision.option, "outcome": decision.outcome, "input_digest": decision.input_digest,
+                      "key_id": signature.key.key_id, "document_sha256": signature.document_sha256,
+                      "signature": base64.b64encode(bytes(signature.signature)).decode("ascii"),
+                      "nonce": signature.nonce},
             )
             if decision.outcome == Outcome.REJECT:
                 _conclude(gate, task, state=GateState.REJECTED, task_state=TaskState.REJECTED,
@@ -213,6 +264,10 @@ def gate_decide(*, gate: Gate, actor, option: str, input_value=None, comment: st
                               input_value=input_value)
                     audit_append(event="gate.released", tenant_id=gate.tenant_id, actor=actor, obj=gate)
             return decision
+    except SignatureRefused as exc:  # the transaction rolled back: no decision, no signature
+        status = 409 if exc.kind == "replayed" else 400
+        _refuse(gate, actor, ErrorCode.SIGNATURE_REFUSED, f"The signature was refused: {exc.message}",
+                lambda code, message: GatehouseError(code, message, status=status), kind=exc.kind)
     except IntegrityError:  # the same person deciding twice at once: the unique constraint holds
         raise Conflict(ErrorCode.GATE_ALREADY_VOTED, "You have already decided this gate.") from None
 
@@ -241,13 +296,30 @@ def _standing_approvals(gate: Gate) -> list[Decision]:
     rows = (Decision.objects.select_related("approver").select_for_update(of=("self",))
             .filter(gate=gate, outcome=Outcome.APPROVE, voided_at__isnull=True).order_by("created_at"))
     for decision in rows:
-        reason = approval_void_reason(decision, gate)
+        reason = approval_void_reason(decision, gate) or _signature_void_reason(decision, gate)
         if reason:
             _void(decision, gate, reason)
         elif decision.approver_id not in seen:
             seen.add(decision.approver_id)
             standing.append(decision)
     return standing
+
+
+def _signature_void_reason(decision: Decision, gate: Gate) -> str:
+    """The decision's signature verified again, now: a key revoked since, or a document that no
+    longer matches the gate, voids the approval."""
+    from .signing.decisions import SignatureRefused, SignedDecision, decision_signature_check
+    from .signing.models import DecisionSignature
+
+    row = DecisionSignature.objects.select_related("key").filter(decision=decision).first()
+    if row is None:
+        return "unsigned"
+    signed = SignedDecision.from_wire(bytes(row.document), bytes(row.signature))
+    try:
+        decision_signature_check(signed, gate=gate, expect_approver=decision.approver, expect_option=decision.option)
+    except SignatureRefused as exc:
+        return f"signature no longer verifies ({exc.kind})"
+    return ""
 
 
 def _void(decision: Decision, gate: Gate, reason: str, actor=None) -> None:

@@ -41,6 +41,7 @@ EVENTS = frozenset(
         "gate.rejected",
         "gate.expired",
         "gate.escalated",
+        "gate.receipt_read",
         "gate.revised",  # the gate's label was raised: a new revision, earlier decisions void
         "decision.voided",  # an approval stopped counting (clearance, eligibility or revision changed)
         "gate.assigned",  # a tenant admin granted one user the right to decide one gate

@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:
 
 from bench.common import VAR_DIR, machine_info, now_iso, write_results  # noqa: E402
 
-BENCHMARKS = ("gate_release", "fanout", "spec_parse", "audit_append", "audit_verify")
+BENCHMARKS = ("gate_release", "decisions", "fanout", "spec_parse", "audit_append", "audit_verify")
 BENCH_DB = "gatehouse_bench"
 BENCH_REDIS_DB = 15
 
@@ -182,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", metavar="BENCHMARK", help=f"any of {', '.join(BENCHMARKS)} (default: all)")
     parser.add_argument("--gates", type=int, default=300, help="gate_release: measured gates (default 300)")
     parser.add_argument("--warmup", type=int, default=10, help="gate_release: unmeasured warm-up gates (default 10)")
+    parser.add_argument("--decisions", type=int, default=300,
+                        help="decisions: measured decisions per signer (default 300)")
     parser.add_argument("--tasks", type=int, default=2000, help="fanout/spec_parse: fan-out width (default 2000)")
     parser.add_argument("--rounds", type=int, default=3, help="fanout: interleaved rounds of each (default 3, min 2)")
     parser.add_argument("--append-seconds", type=float, default=8.0,
@@ -254,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         ctx = Context(procs, tenant, author, analyst)
         pg_version, redis_version = _versions()
         options = {
-            "gates": args.gates, "warmup": args.warmup, "tasks": args.tasks, "rounds": args.rounds,
+            "gates": args.gates, "warmup": args.warmup, "decisions": args.decisions, "tasks": args.tasks,
+            "rounds": args.rounds,
             "append_seconds": args.append_seconds, "append_warmup": args.append_warmup,
             "append_rounds": args.append_rounds, "append_writers": args.append_writers, "backlog": args.backlog,
             "integration_target": args.integration_target, "verify_entries": args.verify_entries,

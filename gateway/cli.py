@@ -405,17 +405,50 @@ def cmd_gate_list(args, out, err) -> int:
     return EXIT_OK
 
 
+def _read_input(name: str | None):
+    if not name:
+        return None
+    try:
+        text = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
+        return json.loads(text)
+    except OSError as exc:
+        raise CliError(f"{name}: {exc.strerror}", EXIT_USAGE) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CliError(f"{name}: not valid JSON: {exc}", EXIT_USAGE) from None
+
+
+def cmd_gate_document(args, out, err) -> int:
+    """What deciding would sign: the exact document (RFC 8785 JSON), its key id and digest."""
+    client = Client(*_config(args))
+    value = _read_input(args.input)
+    params = {"option": args.option}
+    if value is not None:
+        params["input"] = json.dumps(value)
+    shown = client.request("GET", f"/gates/{args.gate_id}/document", params=params)
+    print(shown["document"], file=out)
+    print(f"key {shown['key_id']}  sha256 {shown['document_sha256']}", file=err)
+    return EXIT_OK
+
+
+def cmd_gate_receipt(args, out, err) -> int:
+    client = Client(*_config(args))
+    receipt = client.request("GET", f"/gates/{args.gate_id}/receipt")
+    text = json.dumps(receipt, indent=2, sort_keys=True)
+    if args.out:
+        try:
+            Path(args.out).write_text(text + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise CliError(f"{args.out}: {exc.strerror}", EXIT_USAGE) from None
+        print(f"receipt of {args.gate_id} written to {args.out} (check it: gatehouse approval verify {args.out})",
+              file=out)
+    else:
+        print(text, file=out)
+    return EXIT_OK
+
+
 def cmd_gate_decide(args, out, err) -> int:
     client = Client(*_config(args))
-    value = None
-    if args.input:
-        try:
-            text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text(encoding="utf-8")
-            value = json.loads(text)
-        except OSError as exc:
-            raise CliError(f"{args.input}: {exc.strerror}", EXIT_USAGE) from None
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise CliError(f"{args.input}: not valid JSON: {exc}", EXIT_USAGE) from None
+    value = _read_input(args.input)
     decision = client.request("POST", f"/gates/{args.gate_id}/decide",
                               json={"option": args.option, "input": value, "comment": args.comment})
     print(f"decided {args.gate_id}: {decision['option']} ({decision['outcome']})", file=out)
@@ -566,6 +599,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", help="JSON file with the form input ('-' for standard input)")
     p.add_argument("--comment", default="")
     p.set_defaults(func=cmd_gate_decide)
+    p = gate.add_parser("document", help="show what deciding a gate would sign")
+    p.add_argument("gate_id")
+    p.add_argument("--option", required=True)
+    p.add_argument("--input", help="JSON file with the form input ('-' for standard input)")
+    p.set_defaults(func=cmd_gate_document)
+    p = gate.add_parser("receipt", help="download a decided gate's receipt (verify it with `approval verify`)")
+    p.add_argument("gate_id")
+    p.add_argument("--out", help="write it to this file (default: standard output)")
+    p.set_defaults(func=cmd_gate_receipt)
 
     audit = groups.add_parser("audit", help="the audit log").add_subparsers(dest="command", required=True)
     p = audit.add_parser("export", help="download a signed audit bundle (auditors)")

@@ -42,6 +42,9 @@ class ErrorCode:
     GATE_INPUT_INVALID = "gate_input_invalid"
     GATE_NOT_APPROVER = "gate_not_approver"
     GATE_SELF_APPROVAL = "gate_self_approval"
+    SIGNATURE_REFUSED = "signature_refused"
+    GATE_NOT_DECIDED = "gate_not_decided"
+    SIGNER_UNAVAILABLE = "signer_unavailable"
     ASSIGNEE_NOT_CLEARED = "assignee_not_cleared"
     # artefacts
     ARTEFACT_UNAVAILABLE = "artefact_unavailable"

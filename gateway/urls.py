@@ -21,6 +21,8 @@ api_v1 = [
     path("gates", gate_views.GateListApi.as_view(), name="gate-list"),
     path("gates/<uuid:gate_id>", gate_views.GateDetailApi.as_view(), name="gate-detail"),
     path("gates/<uuid:gate_id>/decide", gate_views.GateDecideApi.as_view(), name="gate-decide"),
+    path("gates/<uuid:gate_id>/document", gate_views.GateDocumentApi.as_view(), name="gate-document"),
+    path("gates/<uuid:gate_id>/receipt", gate_views.GateReceiptApi.as_view(), name="gate-receipt"),
     path("gates/<uuid:gate_id>/relabel", gate_views.GateRelabelApi.as_view(), name="gate-relabel"),
     path("gates/<uuid:gate_id>/assignees", gate_views.GateAssigneeListApi.as_view(), name="gate-assignees"),
     path("gates/<uuid:gate_id>/assignees/<int:user_id>", gate_views.GateAssigneeDetailApi.as_view(),

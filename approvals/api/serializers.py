@@ -39,3 +39,12 @@ class GateDecideSerializer(StrictSerializer):
     option = serializers.CharField(max_length=100)
     input = serializers.JSONField(required=False, allow_null=True, default=None)
     comment = serializers.CharField(required=False, default="", allow_blank=True, max_length=5000)
+    # A decision the client signed itself (GET .../document shows what to sign): both or neither.
+    document = serializers.CharField(required=False, max_length=200_000, trim_whitespace=False)
+    signature = serializers.CharField(required=False, max_length=1000)
+
+    def validate(self, attrs):
+        attrs = super().validate(attrs)
+        if ("document" in attrs) != ("signature" in attrs):
+            raise serializers.ValidationError("Send both document and signature, or neither.")
+        return attrs

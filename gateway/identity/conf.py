@@ -82,3 +82,20 @@ def admin() -> KeycloakAdmin:
             )
         _local.admin, _local.admin_key = client, key
     return _local.admin
+
+
+def request_access_token(request) -> str | None:
+    """The caller's own Keycloak access token: the bearer token of an API call, or the one kept in
+    the session of a portal login. What Vault needs to let the gateway sign in the caller's name."""
+    from rest_framework.authentication import get_authorization_header
+
+    parts = get_authorization_header(request).split()
+    if len(parts) == 2 and parts[0].lower() == b"bearer":
+        try:
+            return parts[1].decode("ascii")
+        except UnicodeDecodeError:
+            return None
+    from .views import SESSION_KEY
+
+    data = request.session.get(SESSION_KEY) if hasattr(request, "session") else None
+    return data.get("access_token") if isinstance(data, dict) else None

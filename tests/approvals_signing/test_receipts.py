@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from approvals.receipt_verify import verify_receipt
 from approvals.services import gate_decide
-from approvals.signing.decisions import decision_sign, decision_signature_record
+from approvals.signing.decisions import decision_sign
 from approvals.signing.keys import approver_key_enrol, approver_key_revoke
 from approvals.signing.receipts import receipt_build
 from approvals.signing.signers import LocalSigner
@@ -27,12 +27,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _decide(gate, user, option, input_value=None):
-    """What the decision write path does: sign, decide, record the signature with the decision."""
+    """A decision signed by the approver (as a client that signs itself would), recorded by gate_decide."""
     signed = decision_sign(LocalSigner.for_user(user), gate=gate, approver=user, option=option, input_value=input_value)
-    decision = gate_decide(gate=gate, actor=user, option=option, input_value=input_value)
-    decision_signature_record(signed, gate=gate, decision=decision, expect_approver=user, expect_option=option,
-                              expect_input=input_value)
-    return decision
+    return gate_decide(gate=gate, actor=user, option=option, input_value=input_value, signed=signed)
 
 
 @pytest.fixture

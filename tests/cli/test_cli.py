@@ -92,10 +92,26 @@ def test_the_client_submits_watches_decides_and_cancels(recording, live_server, 
     bad_input.write_text('{"ok": "yes"}')
     refused = cli("gate", "decide", gates[0]["id"], "--option", "confirm", "--input", str(bad_input), token=analyst_token, url=url)
     assert refused.returncode == 1 and "gate_input_invalid" in refused.stderr
+    shown = cli("gate", "document", gates[0]["id"], "--option", "confirm", "--input", "-", stdin='{"ok": true}',
+                token=analyst_token, url=url)
+    assert shown.returncode == 0, shown.stderr
+    document = json.loads(shown.stdout)
+    assert (document["gate"], document["option"]) == (gates[0]["id"], "confirm") and "sha256" in shown.stderr
+    undecided = cli("gate", "receipt", gates[0]["id"], token=analyst_token, url=url)
+    assert undecided.returncode == 1 and "gate_not_decided" in undecided.stderr
     decided = cli("gate", "decide", gates[0]["id"], "--option", "confirm", "--input", "-", stdin='{"ok": true}',
                   token=analyst_token, url=url)
     assert decided.returncode == 0, decided.stderr
     assert TaskInstance.objects.get(run=run, key="b").state == "QUEUED"
+    receipt = tmp_path / "receipt.json"
+    fetched = cli("gate", "receipt", gates[0]["id"], "--out", str(receipt), token=analyst_token, url=url)
+    assert fetched.returncode == 0, fetched.stderr
+    verified = cli("approval", "verify", str(receipt))
+    assert verified.returncode == 0, verified.stderr
+    forged = json.loads(receipt.read_text())
+    forged["outcome"]["state"] = "REJECTED"
+    receipt.write_text(json.dumps(forged))
+    assert cli("approval", "verify", str(receipt)).returncode == 1
 
     cancelled = cli("run", "cancel", run_id, token=author_token, url=url)
     assert cancelled.returncode == 0 and "CANCELLED" in cancelled.stdout

@@ -40,6 +40,8 @@ MATRIX = {
     "audit-entries": ("get", {"auditor", "platform_auditor"}, 200, None),
     "audit-export": ("get", {"auditor", "platform_auditor"}, 200, None),
     "audit-checkpoint-latest": ("get", {"auditor", "platform_auditor"}, 200, None),
+    "gate-document": ("get", {"analyst"}, 200, 404),  # what an approver would sign
+    "gate-receipt": ("get", ANY, 409, 404),  # the world's gate is not decided yet: 409 for whoever may see it
     "gate-relabel": ("post", {"tenant_admin"}, 200, 404),
     "gate-assignees": ("get", {"tenant_admin"}, 200, 404),
     "gate-assign": ("post", {"tenant_admin"}, 201, 404),  # same URL as gate-assignees
@@ -117,7 +119,8 @@ def call(client, name: str, w: dict):
         kwargs = {"run_id": w["run"].id}
     elif name in ("artefact-detail", "artefact-content"):
         kwargs = {"artefact_id": w["artefact"].id}
-    elif name in ("gate-detail", "gate-decide", "gate-assignees", "gate-assign", "gate-relabel"):
+    elif name in ("gate-detail", "gate-decide", "gate-assignees", "gate-assign", "gate-relabel", "gate-document",
+                  "gate-receipt"):
         kwargs = {"gate_id": w["gate"].id}
     elif name == "gate-assignee-detail":
         kwargs = {"gate_id": w["gate"].id, "user_id": w["users"][("home", "assigned")].pk}
@@ -132,6 +135,8 @@ def call(client, name: str, w: dict):
         return client.post(url, {"option": "confirm"}, format="json")
     if name == "run-cancel":
         return client.post(url, {}, format="json")
+    if name == "gate-document":
+        return client.get(url, {"option": "confirm"})
     if name == "gate-relabel":
         return client.post(url, {"classification": "TOP SECRET"}, format="json")
     if name == "gate-assign":
@@ -200,7 +205,8 @@ def test_another_tenant_sees_nothing(world, api, name):
 # the role, with nothing of the run in it.
 BELOW_CLEARANCE = {
     **{name: 404 for name in ("run-detail", "run-cancel", "run-artefacts", "artefact-detail", "artefact-content",
-                              "gate-detail", "gate-decide", "gate-assignees", "gate-assign", "gate-assignee-detail", "gate-relabel")},
+                              "gate-detail", "gate-decide", "gate-assignees", "gate-assign", "gate-assignee-detail", "gate-relabel", "gate-document",
+                              "gate-receipt")},
     "run-submit": 403,
     "audit-export": 403,
 }
