@@ -25,6 +25,7 @@ class Gate(models.Model):
     shows = models.JSONField(default=list)  # [{"ref": "task/name", "artefact": uuid}]
     approvers = models.JSONField()  # role or group names
     required_approvals = models.IntegerField(default=1)
+    required_rejections = models.IntegerField(default=1)
     classification = models.CharField(max_length=200)
     state = models.CharField(max_length=16, choices=GateState.choices, default=GateState.OPEN)
     revision = models.IntegerField(default=1)

@@ -29,8 +29,10 @@ A decision marked ``voided`` (the server's statement that it stopped counting, e
 clearance was withdrawn) is checked like the others but not counted.
 and last
 ``outcome_mismatch``    the outcome does not follow from the decisions and the policy: APPROVED
-                        needs ``required_approvals`` distinct approving approvers and no rejection;
-                        REJECTED by decisions needs a rejection (``reject_rule`` ``any_reject``);
+                        needs ``required_approvals`` distinct approving approvers and fewer
+                        rejections than reject it; REJECTED by decisions needs one rejection
+                        (``reject_rule`` ``any_reject``) or ``required_rejections`` of them
+                        (``reject_rule`` ``required_rejections``);
                         an outcome by deadline or cancellation, or a gate still open, needs the
                         decisions not to have concluded it; approvals enough to approve together
                         with a rejection is never consistent (the first conclusive outcome ends the
@@ -136,8 +138,15 @@ def _verify(receipt: Any, report: Report) -> None:
         raise ReceiptFailure("malformed", "policy.required_approvals must be at least 1")
     report.required = required
     _need(policy, "approvers", list, "policy")
-    if _need(policy, "reject_rule", str, "policy") != "any_reject":
-        raise ReceiptFailure("malformed", f"unknown reject rule {policy['reject_rule']!r}")
+    rule = _need(policy, "reject_rule", str, "policy")
+    if rule == "any_reject":
+        required_rejections = 1
+    elif rule == "required_rejections":
+        required_rejections = _need(policy, "required_rejections", int, "policy")
+        if required_rejections < 1:
+            raise ReceiptFailure("malformed", "policy.required_rejections must be at least 1")
+    else:
+        raise ReceiptFailure("malformed", f"unknown reject rule {rule!r}")
     try:
         gate_label = doc.label_digest(gate["label"])
     except ValueError as exc:
@@ -205,14 +214,15 @@ def _verify(receipt: Any, report: Report) -> None:
     report.voided = voided_count
     report.approvers = sorted(approvers)
 
-    approved, rejected = len(approving) >= required, rejections > 0
+    approved, rejected = len(approving) >= required, rejections >= required_rejections
     if approved and rejected:
         raise ReceiptFailure("outcome_mismatch", "the decisions both approve and reject the gate")
     by = outcome.get("by")
     if state == "APPROVED" and not approved:
         raise ReceiptFailure("outcome_mismatch", f"APPROVED with {len(approving)} of {required} required approvals")
     if state == "REJECTED" and by == "decisions" and not rejected:
-        raise ReceiptFailure("outcome_mismatch", "REJECTED by decisions, but no decision rejects")
+        raise ReceiptFailure("outcome_mismatch", f"REJECTED by decisions with {rejections} of {required_rejections} "
+                             "required rejections")
     if by in (None, "deadline", "cancellation") and (approved or rejected):
         raise ReceiptFailure("outcome_mismatch", f"{state} ({by or 'open'}), but the decisions concluded the gate "
                                                  f"({'approved' if approved else 'rejected'})")

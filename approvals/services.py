@@ -58,6 +58,7 @@ def gate_open(task: TaskInstance) -> Gate:
         shows=shows,
         approvers=list(spec.approvers),
         required_approvals=spec.required_approvals,
+        required_rejections=spec.required_rejections,
         classification=task.classification,
         on_timeout=spec.on_timeout,
         escalate_to=list(spec.escalate_to),
@@ -253,16 +254,24 @@ def gate_decide(*, gate: Gate, actor, option: str, input_value=None, comment: st
                       "nonce": signature.nonce},
             )
             if decision.outcome == Outcome.REJECT:
-                _conclude(gate, task, state=GateState.REJECTED, task_state=TaskState.REJECTED,
-                          reason=f"rejected by {actor.get_username()} ({decision.option})", actor=actor)
-                audit_append(event="gate.rejected", tenant_id=gate.tenant_id, actor=actor, obj=gate)
+                rejecting = _standing(gate, Outcome.REJECT)
+                rejections = len(rejecting)
+                if rejections >= gate.required_rejections:
+                    by = (f"rejected by {actor.get_username()} ({decision.option})" if gate.required_rejections == 1
+                          else f"rejected ({rejections} of {gate.required_rejections})")
+                    _conclude(gate, task, state=GateState.REJECTED, task_state=TaskState.REJECTED, reason=by,
+                              actor=actor)
+                    audit_append(event="gate.rejected", tenant_id=gate.tenant_id, actor=actor, obj=gate,
+                                 data={"rejections": _signed_digests(rejecting)})
             else:
-                approvals = len(_standing_approvals(gate))
+                standing = _standing(gate, Outcome.APPROVE)
+                approvals = len(standing)
                 if approvals >= gate.required_approvals:
                     _conclude(gate, task, state=GateState.APPROVED, task_state=TaskState.SUCCEEDED,
                               reason=f"{decision.option} ({approvals} of {gate.required_approvals})", actor=actor,
                               input_value=input_value)
-                    audit_append(event="gate.released", tenant_id=gate.tenant_id, actor=actor, obj=gate)
+                    audit_append(event="gate.released", tenant_id=gate.tenant_id, actor=actor, obj=gate,
+                                 data={"approvals": _signed_digests(standing)})
             return decision
     except SignatureRefused as exc:  # the transaction rolled back: no decision, no signature
         status = 409 if exc.kind == "replayed" else 400
@@ -288,13 +297,13 @@ def approval_void_reason(decision: Decision, gate: Gate) -> str:
     return ""
 
 
-def _standing_approvals(gate: Gate) -> list[Decision]:
-    """The approvals that still count, each re-checked now (called under the gate's lock, at release):
-    the others are voided and audited, so a clearance revoked or a role removed since the approval
-    was given never helps release the gate."""
+def _standing(gate: Gate, outcome: str) -> list[Decision]:
+    """The decisions of `outcome` that still count, each re-checked now (under the gate's lock, when
+    they could conclude it): the others are voided and audited, so a clearance revoked or a role
+    removed since the decision was made never helps conclude the gate."""
     standing, seen = [], set()
     rows = (Decision.objects.select_related("approver").select_for_update(of=("self",))
-            .filter(gate=gate, outcome=Outcome.APPROVE, voided_at__isnull=True).order_by("created_at"))
+            .filter(gate=gate, outcome=outcome, voided_at__isnull=True).order_by("created_at"))
     for decision in rows:
         reason = approval_void_reason(decision, gate) or _signature_void_reason(decision, gate)
         if reason:
@@ -320,6 +329,15 @@ def _signature_void_reason(decision: Decision, gate: Gate) -> str:
     except SignatureRefused as exc:
         return f"signature no longer verifies ({exc.kind})"
     return ""
+
+
+def _signed_digests(decisions: list[Decision]) -> list[dict]:
+    """Who released the gate, each with the hash of the document they signed."""
+    from .signing.models import DecisionSignature
+
+    hashes = dict(DecisionSignature.objects.filter(decision__in=decisions).values_list("decision_id", "document_sha256"))
+    return [{"approver": d.approver.get_username(), "decision": str(d.id), "document_sha256": hashes.get(d.id)}
+            for d in decisions]
 
 
 def _void(decision: Decision, gate: Gate, reason: str, actor=None) -> None:

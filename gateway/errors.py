@@ -45,6 +45,7 @@ class ErrorCode:
     SIGNATURE_REFUSED = "signature_refused"
     GATE_NOT_DECIDED = "gate_not_decided"
     SIGNER_UNAVAILABLE = "signer_unavailable"
+    KEY_OPERATION_REFUSED = "key_operation_refused"
     ASSIGNEE_NOT_CLEARED = "assignee_not_cleared"
     # artefacts
     ARTEFACT_UNAVAILABLE = "artefact_unavailable"

@@ -34,8 +34,9 @@ class Membership(models.Model):
         return str(role) in self.roles
 
     def principals(self) -> set[str]:
-        """Role and group names this member answers to (for gate `approvers`)."""
-        return set(self.roles) | set(self.groups)
+        """Role and group names this member answers to (for gate `approvers`), and `user:<username>`
+        for a gate that names them."""
+        return set(self.roles) | set(self.groups) | {f"user:{self.user.get_username()}"}
 
 
 class Run(models.Model):

@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 
+from approvals.api import keys as key_api
 from approvals.api import views as gate_views
 from audit.api import views as audit_views
 from gateway import auth_views, portal
@@ -27,6 +28,9 @@ api_v1 = [
     path("gates/<uuid:gate_id>/assignees", gate_views.GateAssigneeListApi.as_view(), name="gate-assignees"),
     path("gates/<uuid:gate_id>/assignees/<int:user_id>", gate_views.GateAssigneeDetailApi.as_view(),
          name="gate-assignee-detail"),
+    path("me/keys", key_api.MyKeyListApi.as_view(), name="my-keys"),
+    path("me/keys/rotate", key_api.MyKeyRotateApi.as_view(), name="my-key-rotate"),
+    path("keys/<str:key_id>/revoke", key_api.KeyRevokeApi.as_view(), name="key-revoke"),
     path("tenant/clearances", clearance_api.ClearanceListApi.as_view(), name="clearance-list"),
     path("tenant/clearances/<int:clearance_id>", clearance_api.ClearanceDetailApi.as_view(), name="clearance-detail"),
     path("audit/entries", audit_views.AuditEntryListApi.as_view(), name="audit-entries"),

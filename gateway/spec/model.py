@@ -169,6 +169,7 @@ class GateSpec:
     timeout: float | None
     on_timeout: str  # "reject" | "expire" | "escalate"
     escalate_to: tuple[str, ...]
+    required_rejections: int = 1  # distinct rejections that reject the gate (the first conclusive outcome wins)
 
     def option(self, name: str) -> GateOption | None:
         """The option called ``name``, or None."""
@@ -183,6 +184,7 @@ class GateSpec:
             "form": _json_copy(self.form),
             "approvers": list(self.approvers),
             "required_approvals": self.required_approvals,
+            "required_rejections": self.required_rejections,
             "timeout": self.timeout,
             "on_timeout": self.on_timeout,
             "escalate_to": list(self.escalate_to),
@@ -199,6 +201,7 @@ class GateSpec:
             form=_json_copy(d.get("form")),
             approvers=tuple(d.get("approvers", ("analyst",))),
             required_approvals=int(d.get("required_approvals", 1)),
+            required_rejections=int(d.get("required_rejections", 1)),
             timeout=None if timeout is None else float(timeout),
             on_timeout=d.get("on_timeout", REJECT),
             escalate_to=tuple(d.get("escalate_to", ())),

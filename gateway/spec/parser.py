@@ -477,6 +477,7 @@ def _build(document: dict, lines: LineMap, digest: str) -> Workflow:
                 form=copy.deepcopy(raw.get("form")),
                 approvers=_principals(raw.get("approvers"), DEFAULT_APPROVERS),
                 required_approvals=int(raw.get("required_approvals", 1)),
+                required_rejections=int(raw.get("required_rejections", 1)),
                 timeout=_timeout(raw.get("timeout")),
                 on_timeout=raw.get("on_timeout", REJECT),
                 escalate_to=_principals(raw.get("escalate_to"), ()),

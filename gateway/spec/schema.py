@@ -36,7 +36,7 @@ SCHEMA_ID = "https://gatehouse.dev/schemas/workflow-v1.json"
 # Keys that belong to one kind of task only, for clearer messages than "unexpected key".
 GATE_ONLY_KEYS = frozenset(
     {
-        "title", "instructions", "shows", "options", "form", "approvers", "required_approvals", "on_timeout",
+        "title", "instructions", "shows", "options", "form", "approvers", "required_approvals", "required_rejections", "on_timeout",
         "escalate_to",
     }
 )

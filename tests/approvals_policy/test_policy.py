@@ -189,3 +189,45 @@ def test_raising_a_gates_label_revises_it_and_voids_earlier_decisions(recording,
     decide(gate, analysts[2])
     gate.refresh_from_db()
     assert gate.state == "APPROVED"
+
+
+def test_a_configured_reject_count_rejects_only_when_reached(recording, tenant, author, analysts, make_member):
+    from approvals.receipt_verify import verify_receipt
+    from approvals.signing.receipts import receipt_build
+
+    more = analysts + [make_member(tenant, "analyst")]
+    run = submit(tenant, author, {"id": "g", "type": "gate", "required_approvals": 3, "required_rejections": 2},
+                 {"id": "after", "needs": ["g"]})
+    gate = Gate.objects.get(run=run)
+    assert gate.required_rejections == 2
+    decide(gate, more[0], "reject")
+    gate.refresh_from_db()
+    assert gate.state == "OPEN"  # one rejection of two
+    assert TaskInstance.objects.get(run=run, key="after").state == "PENDING"
+    decide(gate, more[1], "confirm")
+    decide(gate, more[2], "reject")
+    gate.refresh_from_db()
+    assert gate.state == "REJECTED" and gate.outcome_reason == "rejected (2 of 2)"
+    assert TaskInstance.objects.get(run=run, key="after").state == "SKIPPED"
+    with pytest.raises(Conflict):
+        decide(gate, more[3], "confirm")
+    receipt = receipt_build(gate)
+    assert receipt["policy"]["reject_rule"] == "required_rejections"
+    assert verify_receipt(receipt).ok, verify_receipt(receipt).result_line()
+    receipt["policy"]["required_rejections"] = 3  # then two rejections could not have rejected it
+    assert verify_receipt(receipt).failure.kind == "outcome_mismatch"
+
+
+def test_a_gate_may_name_its_approvers_and_the_release_records_what_they_signed(recording, tenant, author,
+                                                                               make_member):
+    named = make_member(tenant, "author", username="pat")
+    other = make_member(tenant, "analyst")
+    run = submit(tenant, author, {"id": "g", "type": "gate", "approvers": ["user:pat"]})
+    gate = Gate.objects.get(run=run)
+    with pytest.raises(Forbidden):
+        decide(gate, other)
+    decision = decide(gate, named)
+    released = AuditEntry.objects.get(event="gate.released", object_id=str(gate.id))
+    signed = released.body["data"]["approvals"]
+    assert [a["approver"] for a in signed] == ["pat"] and signed[0]["decision"] == str(decision.id)
+    assert len(signed[0]["document_sha256"]) == 64

@@ -11,6 +11,7 @@ import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from approvals.models import Decision, Gate, GateUserObjectPermission
+from approvals.signing.models import ApproverKey
 from gateway.models import Artefact, Clearance, Membership, Run, TaskInstance
 from gateway.worker import task_execute
 
@@ -42,6 +43,9 @@ MATRIX = {
     "audit-checkpoint-latest": ("get", {"auditor", "platform_auditor"}, 200, None),
     "gate-document": ("get", {"analyst"}, 200, 404),  # what an approver would sign
     "gate-receipt": ("get", ANY, 409, 404),  # the world's gate is not decided yet: 409 for whoever may see it
+    "my-keys": ("get", ANY, 200, 200),  # one's own keys only
+    "my-key-rotate": ("post", ANY, 201, 201),  # one's own key
+    "key-revoke": ("post", {"tenant_admin", "analyst"}, 200, 404),  # the home analyst's key: owner or tenant admin
     "gate-relabel": ("post", {"tenant_admin"}, 200, 404),
     "gate-assignees": ("get", {"tenant_admin"}, 200, 404),
     "gate-assign": ("post", {"tenant_admin"}, 201, 404),  # same URL as gate-assignees
@@ -89,6 +93,7 @@ def world(db, recording, settings, tmp_path, make_tenant, make_member):
     forget_signer()
     _witness.cache_clear()
     from approvals.services import gate_assign
+    from approvals.signing.keys import approver_key_enrol
     from gateway.services import run_submit
 
     home, away = make_tenant(), make_tenant()
@@ -105,7 +110,8 @@ def world(db, recording, settings, tmp_path, make_tenant, make_member):
     gate_assign(gate=gate, user=users[("home", "assigned")], actor=None)
     yield {"home": home, "away": away, "users": users, "run": run, "gate": gate,
            "artefact": Artefact.objects.get(run=run, name="out"),
-           "clearance": Clearance.objects.get(user=users[("home", "analyst")])}
+           "clearance": Clearance.objects.get(user=users[("home", "analyst")]),
+           "key": approver_key_enrol(users[("home", "analyst")])}
     forget_signer()
     _witness.cache_clear()
 
@@ -124,6 +130,8 @@ def call(client, name: str, w: dict):
         kwargs = {"gate_id": w["gate"].id}
     elif name == "gate-assignee-detail":
         kwargs = {"gate_id": w["gate"].id, "user_id": w["users"][("home", "assigned")].pk}
+    elif name == "key-revoke":
+        kwargs = {"key_id": w["key"].key_id}
     elif name in ("clearance-detail", "clearance-revoke"):
         kwargs = {"clearance_id": w["clearance"].id}
     elif name in ("tenant-user-detail", "tenant-user-update"):
@@ -135,6 +143,8 @@ def call(client, name: str, w: dict):
         return client.post(url, {"option": "confirm"}, format="json")
     if name == "run-cancel":
         return client.post(url, {}, format="json")
+    if name == "key-revoke":
+        return client.post(url, {"reason": "test revocation"}, format="json")
     if name == "gate-document":
         return client.get(url, {"option": "confirm"})
     if name == "gate-relabel":
@@ -158,7 +168,10 @@ def state(w: dict) -> tuple:
     clearances = tuple(Clearance.objects.filter(tenant=w["home"]).order_by("id").values_list("id", "revision", "status"))
     grants = tuple(GateUserObjectPermission.objects.order_by("id").values_list("user_id", "content_object_id"))
     gate = Gate.objects.values_list("classification", "revision").get(id=w["gate"].id)
-    return (Run.objects.count(), Decision.objects.count(), w["run"].state, home_members, clearances, grants, gate)
+    keys = tuple(ApproverKey.objects.filter(user__membership__tenant=w["home"]).order_by("key_id")
+                 .values_list("key_id", "revoked_at"))
+    return (Run.objects.count(), Decision.objects.count(), w["run"].state, home_members, clearances, grants, gate,
+            keys)
 
 
 @pytest.mark.parametrize("name", sorted(MATRIX))
@@ -210,7 +223,7 @@ BELOW_CLEARANCE = {
     "run-submit": 403,
     "audit-export": 403,
 }
-WRITES = {"workflow-validate", "gate-relabel", "gate-assign", "gate-assignee-detail", "clearance-set", "clearance-revoke", "tenant-user-create", "tenant-user-update"}
+WRITES = {"workflow-validate", "my-key-rotate", "key-revoke", "gate-relabel", "gate-assign", "gate-assignee-detail", "clearance-set", "clearance-revoke", "tenant-user-create", "tenant-user-update"}
 
 
 @pytest.mark.parametrize("name", sorted(MATRIX))
