@@ -98,6 +98,28 @@ def _q(connection, name: str) -> str:
     return connection.ops.quote_name(name)
 
 
+def app_role_restrictable(cursor, app_role: str, what: str) -> bool:
+    """Whether `app_role` exists and is not the role migrations connect as (then `what` can restrict
+    it); warns, naming `what`, when it cannot, or when it is a superuser or bypasses row security."""
+    cursor.execute(
+        "SELECT rolsuper, rolbypassrls, rolname = current_user FROM pg_roles WHERE rolname = %s", [app_role]
+    )
+    row = cursor.fetchone()
+    if row is None:
+        log.warning("database role %r does not exist: %s not applied (create it, then run migrate again)",
+                    app_role, what)
+        return False
+    superuser, bypassrls, is_current = row
+    if is_current:
+        log.warning("the application role %r is the role migrations connect as: it owns the tables, so %s cannot "
+                    "restrict it; not applied", app_role, what)
+        return False
+    if superuser or bypassrls:
+        log.warning("the application role %r is a superuser or bypasses row security: %s does not restrict it",
+                    app_role, what)
+    return True
+
+
 def apply_privileges(connection, app_role: str) -> None:
     """Grant the application role its privileges and install the append-only triggers."""
     if connection.vendor != "postgresql":
@@ -107,22 +129,8 @@ def apply_privileges(connection, app_role: str) -> None:
         return
     with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK_KEY])
-        cursor.execute(
-            "SELECT rolsuper, rolbypassrls, rolname = current_user FROM pg_roles WHERE rolname = %s", [app_role]
-        )
-        row = cursor.fetchone()
-        if row is None:
-            log.warning("database role %r does not exist: audit log privileges not applied "
-                        "(create it, then run migrate again)", app_role)
+        if not app_role_restrictable(cursor, app_role, "audit log privileges"):
             return
-        superuser, bypassrls, is_current = row
-        if is_current:
-            log.warning("the application role %r is the role migrations connect as: it owns the tables, "
-                        "so audit log privileges cannot be separated; not applied", app_role)
-            return
-        if superuser or bypassrls:
-            log.warning("the application role %r is a superuser or bypasses row security: "
-                        "privileges do not restrict it", app_role)
 
         role = _q(connection, app_role)
         schema = _q(connection, SCHEMA)

@@ -42,6 +42,8 @@ from pathlib import Path
 from django.apps import apps
 from django.db import transaction
 
+from audit.db_privileges import app_role_restrictable
+
 log = logging.getLogger(__name__)
 
 SCHEMA = "public"
@@ -119,22 +121,8 @@ def apply_row_security(connection, app_role: str) -> None:
     wanted = tenant_owned_tables()
     with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK_KEY])
-        cursor.execute(
-            "SELECT rolsuper, rolbypassrls, rolname = current_user FROM pg_roles WHERE rolname = %s", [app_role]
-        )
-        row = cursor.fetchone()
-        if row is None:
-            log.warning("database role %r does not exist: row-level security not applied "
-                        "(create it, then run migrate again)", app_role)
+        if not app_role_restrictable(cursor, app_role, "row-level security"):
             return
-        superuser, bypassrls, is_current = row
-        if is_current:
-            log.warning("the application role %r is the role migrations connect as: it owns the tables and "
-                        "is exempt from row-level security; not applied", app_role)
-            return
-        if superuser or bypassrls:
-            log.warning("the application role %r is a superuser or bypasses row security: "
-                        "row-level security does not restrict it", app_role)
 
         cursor.execute(
             "SELECT p.prosrc FROM pg_proc p WHERE p.pronamespace = %s::regnamespace AND p.proname = %s "
