@@ -22,6 +22,9 @@ EVENTS = frozenset(
         "member.enabled",
         "audit.key_created",
         "audit.key_retired",
+        "tenant.backends_changed",  # a tenant admin replaced the tenant's backend configuration (before/after)
+        "credential.written",  # a backend's credentials stored (key names only, never values)
+        "credential.read",  # a backend's credentials read for a task (key names and source only)
         # runs and the engine
         "run.submitted",
         "run.submit_refused",

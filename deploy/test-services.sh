@@ -61,3 +61,6 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
 fi
 redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null || { log "Redis did not start"; exit 1; }
 log "PostgreSQL and Redis are up"
+
+# --- Slurm (the `slurm` executor's tests) ---------------------------------------------
+"$(dirname "$0")/test-slurm.sh" || log "Slurm could not be started: the slurm executor tests will skip"

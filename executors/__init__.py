@@ -2,9 +2,13 @@
 
 * :mod:`executors.base`: the interface (:class:`Executor`) and its value types.
 * :mod:`executors.local`: the ``local`` backend (subprocesses of the worker).
+* :mod:`executors.slurm`: the ``slurm`` backend (batch jobs through Slurm's CLI, here or over SSH),
+  with :mod:`executors.slurm_tracker` (one batched status query per cluster per interval).
 * :mod:`executors.registry`: look a backend up by name (``get_executor("local")``).
 
-Pure Python: nothing in this package imports Django (``apps.py`` aside, which only Django loads).
+Pure Python: the modules above import no Django. The tenant side is Django and only Django loads it:
+``models.py`` and ``backends.py`` (each tenant's backends, configured as YAML), ``credentials.py``
+(backend credentials from Vault or the local encrypted store), ``api/`` and ``apps.py``.
 """
 
 from .base import (

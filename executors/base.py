@@ -71,7 +71,9 @@ class ExecutorError(Exception):
     ``code`` is stable and meant for programs (API error bodies, retry decisions); ``message`` is
     for humans. Codes in use: ``bad_request``, ``input_missing``, ``spawn_failed``,
     ``no_container_runtime``, ``staging_failed`` (I/O error preparing the work dir),
-    ``unknown_backend``.
+    ``unknown_backend``; the ``slurm`` backend adds ``submit_failed`` (sbatch refused the job),
+    ``rate_limited`` (no submission slot in time), ``slurm_unavailable`` (Slurm did not answer) and
+    ``driver_unavailable`` (the requested Slurm driver cannot be used).
     """
 
     def __init__(self, code: str, message: str = "") -> None:

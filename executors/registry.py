@@ -16,6 +16,7 @@ from typing import Any
 
 from .base import Executor, ExecutorError
 from .local import LocalExecutor
+from .slurm import SlurmExecutor
 
 __all__ = ["clear_cache", "get_executor", "known_backends", "register", "unregister"]
 
@@ -79,3 +80,6 @@ def clear_cache() -> None:
 
 
 register("local", LocalExecutor)
+# Config: cluster, partition, defaults, ssh ({host, known_hosts, user, port, identity_file}) or None for
+# this host, work_root, submit_rate, submit_burst, poll_interval, ... (see executors.slurm.SlurmExecutor).
+register("slurm", SlurmExecutor)

@@ -34,6 +34,11 @@ class ErrorCode:
     SPEC_INVALID = "spec_invalid"
     UNKNOWN_BACKEND = "unknown_backend"
     RUN_FINISHED = "run_finished"
+    # backends, placement and credentials
+    NO_BACKEND_FOR_LABEL = "no_backend_for_label"  # no backend the tenant has may host a task's label
+    BACKENDS_INVALID = "backends_invalid"  # a backend configuration file refused (with lines)
+    CREDENTIALS_INVALID = "credentials_invalid"
+    CREDENTIALS_UNAVAILABLE = "credentials_unavailable"  # the credential store did not answer: retry later
     # gates
     GATE_NOT_OPEN = "gate_not_open"
     GATE_ALREADY_DECIDED = "gate_already_decided"

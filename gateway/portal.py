@@ -14,6 +14,7 @@ from audit.services import audit_append
 
 from . import selectors
 from .errors import ErrorCode, GatehouseError, record_refusal
+from .identity.conf import request_access_token
 
 
 def _refused(request, exc: GatehouseError):
@@ -67,7 +68,7 @@ def gate_page(request, gate_id):
         else:
             try:
                 gate_decide(gate=gate, actor=request.user, option=request.POST.get("option", ""), input_value=value,
-                            comment=request.POST.get("comment", ""))
+                            comment=request.POST.get("comment", ""), access_token=request_access_token(request))
             except GatehouseError as exc:
                 messages.error(request, f"{exc.message} ({exc.code})")
             else:

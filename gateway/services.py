@@ -6,10 +6,12 @@ from django.conf import settings
 from django.db import transaction
 
 from audit.services import audit_append
+from executors.backends import tenant_backend_names
 from executors.registry import known_backends
 
 from .clearances import labels_register, require_clearance, workflow_labels
 from .labels import format_label
+from .placement import placement_plan
 from .selectors import visible_to
 from .choices import RUN_TERMINAL, TASK_TERMINAL, TaskKind, TaskState
 from .engine import lock_tasks, make_ready, run_close_if_done, task_transition
@@ -22,8 +24,9 @@ def spec_limits() -> Limits:
     return Limits(**settings.GATEHOUSE_SPEC_LIMITS)
 
 
-def workflow_parse(source: bytes | str, *, filename: str = "<submitted>") -> Workflow:
-    """Parse and validate a workflow file, or raise GatehouseError(spec_invalid) with every issue."""
+def workflow_parse(source: bytes | str, *, filename: str = "<submitted>", tenant: Tenant | None = None) -> Workflow:
+    """Parse and validate a workflow file, or raise GatehouseError(spec_invalid) with every issue.
+    A task may name a backend of `tenant` (executors/backends.py), or without a tenant any executor."""
     try:
         workflow = parse_workflow(source, filename=filename, limits=spec_limits())
     except SpecError as exc:
@@ -35,8 +38,8 @@ def workflow_parse(source: bytes | str, *, filename: str = "<submitted>") -> Wor
                 for i in exc.issues
             ],
         ) from exc
-    backends = known_backends()
-    unknown = [t for t in workflow.tasks if t.kind == TaskKind.TASK and t.backend not in backends]
+    backends = known_backends() if tenant is None else tenant_backend_names(tenant.id)
+    unknown = [t for t in workflow.tasks if t.kind == TaskKind.TASK and t.backend_given and t.backend not in backends]
     if unknown:
         raise GatehouseError(
             ErrorCode.UNKNOWN_BACKEND,
@@ -50,10 +53,11 @@ def workflow_parse(source: bytes | str, *, filename: str = "<submitted>") -> Wor
 def run_submit(*, tenant: Tenant, actor, source: bytes | str, filename: str = "<submitted>") -> Run:
     """Validate a workflow and start a run of it: every task is created in topological order,
     the roots are queued (or opened, for gates), and their dispatch is sent after commit."""
-    workflow = workflow_parse(source, filename=filename)
+    workflow = workflow_parse(source, filename=filename, tenant=tenant)
     labels = workflow_labels(workflow)
     # Nobody creates what they could not read.
     require_clearance(actor, tenant.id, labels.all(), what="The workflow")
+    backends = placement_plan(tenant=tenant, workflow=workflow, labels=labels)  # no_backend_for_label otherwise
     text = source.decode("utf-8") if isinstance(source, bytes) else source
     dependants = workflow.dependants()
     with transaction.atomic():
@@ -75,7 +79,7 @@ def run_submit(*, tenant: Tenant, actor, source: bytes | str, filename: str = "<
                 spec=spec.to_dict(),
                 dependants=list(dependants.get(spec.id, ())),
                 needs_remaining=len(spec.needs),
-                backend=spec.backend if spec.kind == TaskKind.TASK else "",
+                backend=backends.get(spec.id, ""),  # gates run on no backend
                 classification=format_label(labels.tasks[spec.id]),  # at least what it reads
             )
             for spec in (workflow.task(key) for key in workflow.topological_order())

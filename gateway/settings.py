@@ -211,12 +211,13 @@ SPECTACULAR_SETTINGS = {
 _broker_dir = VAR_DIR / "broker"
 CELERY_BROKER_URL = env.str("GATEHOUSE_BROKER_URL", default="filesystem://")
 if CELERY_BROKER_URL.startswith("filesystem://"):
-    for sub in ("in", "processed"):
+    for sub in ("in", "processed", "control"):
         os.makedirs(_broker_dir / sub, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "in"),
         "data_folder_out": str(_broker_dir / "in"),
         "processed_folder": str(_broker_dir / "processed"),
+        "control_folder": str(_broker_dir / "control"),  # kombu's default is ./control, wherever the process runs
         "store_processed": False,
         "polling_interval": 0.05,
     }
@@ -329,6 +330,36 @@ GATEHOUSE_APPROVAL_SIGNING = {
     "VAULT_JWT_ROLE": env.str("GATEHOUSE_APPROVAL_VAULT_JWT_ROLE", default="gatehouse-approver"),
     "VAULT_TRANSIT_MOUNT": env.str("GATEHOUSE_APPROVAL_VAULT_TRANSIT_MOUNT", default="transit"),
     "VAULT_VERIFY_TLS": env.bool("GATEHOUSE_APPROVAL_VAULT_VERIFY_TLS", default=True),
+}
+
+# Compute backends per tenant (executors/models.py) and where a task may run (gateway/placement.py).
+# A tenant without a backend configuration has the built-in `local` backend, capped at this level.
+GATEHOUSE_BACKEND_DEFAULT_CEILING = env.str("GATEHOUSE_BACKEND_DEFAULT_CEILING", default="TOP SECRET")
+GATEHOUSE_BACKENDS_MAX_BYTES = env.int("GATEHOUSE_BACKENDS_MAX_BYTES", default=200_000)
+
+# Backend credentials (executors/credentials.py): never in the database, logs or artefacts.
+GATEHOUSE_CREDENTIALS = {
+    # "local": files under LOCAL_DIR sealed with AES-256-GCM under MASTER_KEY_FILE (created on first use
+    # outside production); "vault": OpenBao/Vault KV v2 at <KV_MOUNT>/data/tenants/<slug>/backends/<name>,
+    # read with a token of the tenant's own AppRole (TENANT_APPROLE_MOUNT, role = tenant slug), whose
+    # templated policy opens that tenant's path only. The gateway's AppRole (ROLE_ID/SECRET_ID) may
+    # only manage those roles and issue their secret ids; it reads no secret itself.
+    "STORE": env.str("GATEHOUSE_CREDENTIALS_STORE", default="local"),
+    "CACHE_SECONDS": env.float("GATEHOUSE_CREDENTIALS_CACHE_SECONDS", default=30.0),
+    "LOCAL_DIR": env.str("GATEHOUSE_CREDENTIALS_LOCAL_DIR", default=str(VAR_DIR / "credentials")),
+    "MASTER_KEY_FILE": env.str("GATEHOUSE_CREDENTIALS_MASTER_KEY_FILE",
+                               default=str(VAR_DIR / "keys" / "credentials-master.key")),
+    "VAULT_URL": env.str("GATEHOUSE_CREDENTIALS_VAULT_URL", default="") or env.str("GATEHOUSE_VAULT_URL", default=""),
+    "VAULT_ROLE_ID": env.str("GATEHOUSE_CREDENTIALS_VAULT_ROLE_ID", default=""),
+    "VAULT_SECRET_ID": env.str("GATEHOUSE_CREDENTIALS_VAULT_SECRET_ID", default=""),
+    "VAULT_APPROLE_MOUNT": env.str("GATEHOUSE_CREDENTIALS_VAULT_APPROLE_MOUNT", default="approle"),
+    "VAULT_TENANT_APPROLE_MOUNT": env.str("GATEHOUSE_CREDENTIALS_VAULT_TENANT_APPROLE_MOUNT",
+                                          default="gatehouse-tenants"),
+    "VAULT_TENANT_POLICY": env.str("GATEHOUSE_CREDENTIALS_VAULT_TENANT_POLICY", default="gatehouse-tenant-credentials"),
+    "VAULT_TENANT_TOKEN_TTL": env.int("GATEHOUSE_CREDENTIALS_VAULT_TENANT_TOKEN_TTL", default=900),
+    "VAULT_KV_MOUNT": env.str("GATEHOUSE_CREDENTIALS_VAULT_KV_MOUNT", default="gatehouse"),
+    "VAULT_VERIFY_TLS": env.bool("GATEHOUSE_CREDENTIALS_VAULT_VERIFY_TLS", default=True),
+    "VAULT_TIMEOUT": env.float("GATEHOUSE_CREDENTIALS_VAULT_TIMEOUT", default=5.0),
 }
 
 LOGGING = {

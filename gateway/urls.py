@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView
 from approvals.api import keys as key_api
 from approvals.api import views as gate_views
 from audit.api import views as audit_views
+from executors.api import views as backend_api
 from gateway import auth_views, portal
 from gateway.api import clearances as clearance_api
 from gateway.api import views as api
@@ -33,6 +34,9 @@ api_v1 = [
     path("keys/<str:key_id>/revoke", key_api.KeyRevokeApi.as_view(), name="key-revoke"),
     path("tenant/clearances", clearance_api.ClearanceListApi.as_view(), name="clearance-list"),
     path("tenant/clearances/<int:clearance_id>", clearance_api.ClearanceDetailApi.as_view(), name="clearance-detail"),
+    path("tenant/backends", backend_api.TenantBackendsApi.as_view(), name="tenant-backends"),
+    path("tenant/backends/<str:name>/credentials", backend_api.BackendCredentialsApi.as_view(),
+         name="backend-credentials"),
     path("audit/entries", audit_views.AuditEntryListApi.as_view(), name="audit-entries"),
     path("audit/export", audit_views.AuditExportApi.as_view(), name="audit-export"),
     path("audit/checkpoints/latest", audit_views.AuditCheckpointLatestApi.as_view(), name="audit-checkpoint-latest"),

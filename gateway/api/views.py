@@ -130,7 +130,8 @@ class WorkflowValidateApi(APIView):
     @extend_schema(request=RunSubmitSerializer, responses={200: OpenApiResponse(description="valid")})
     def post(self, request):
         source, filename = _submitted_source(request)
-        workflow = services.workflow_parse(source, filename=filename)
+        tenant = selectors.membership_for(request.user).tenant  # its backends are the ones a task may name
+        workflow = services.workflow_parse(source, filename=filename, tenant=tenant)
         return Response(
             {
                 "valid": True,

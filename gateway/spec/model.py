@@ -232,6 +232,9 @@ class TaskSpec:
     container: dict | None = field(default=None, hash=False)
     gate: GateSpec | None = None
     line: int | None = None  # 1-based line of the task in the YAML source
+    # {"tags": [...], "prefer": [...]} as given (task over defaults), or None; see gateway/placement.py.
+    placement: dict | None = field(default=None, hash=False)
+    backend_given: bool = True  # False: the file named no backend ("local" by default, or placed by tags)
 
     @property
     def is_gate(self) -> bool:
@@ -259,6 +262,8 @@ class TaskSpec:
             "container": _json_copy(self.container),
             "gate": None if self.gate is None else self.gate.to_dict(),
             "line": self.line,
+            "placement": _json_copy(self.placement),
+            "backend_given": self.backend_given,
         }
 
     @classmethod
@@ -281,6 +286,8 @@ class TaskSpec:
             container=_json_copy(d.get("container")),
             gate=None if gate is None else GateSpec.from_dict(gate),
             line=d.get("line"),
+            placement=_json_copy(d.get("placement")),
+            backend_given=bool(d.get("backend_given", True)),
         )
 
 

@@ -485,11 +485,15 @@ def _build(document: dict, lines: LineMap, digest: str) -> Workflow:
             tasks.append(TaskSpec(kind=GATE, run=None, backend="", gate=gate, **common))
             continue
         container = raw.get("container", defaults.get("container"))
+        backend = raw.get("backend", defaults.get("backend"))
+        placement = {**defaults.get("placement", {}), **raw.get("placement", {})}
         tasks.append(
             TaskSpec(
                 kind=TASK,
                 run=_run(raw["run"]),
-                backend=raw.get("backend", defaults.get("backend", "local")),
+                backend=backend or "local",
+                backend_given=backend is not None,
+                placement={key: list(placement[key]) for key in ("tags", "prefer") if key in placement} or None,
                 resources=copy.deepcopy({**defaults.get("resources", {}), **raw.get("resources", {})}),
                 env={**defaults.get("env", {}), **raw.get("env", {})},
                 inputs=tuple(InputSpec(ArtefactRef.parse(i["from"]), i["path"]) for i in raw.get("inputs", ())),

@@ -40,7 +40,7 @@ GATE_ONLY_KEYS = frozenset(
         "escalate_to",
     }
 )
-PLAIN_ONLY_KEYS = frozenset({"run", "backend", "resources", "env", "inputs", "outputs", "retries", "container"})
+PLAIN_ONLY_KEYS = frozenset({"run", "backend", "placement", "resources", "env", "inputs", "outputs", "retries", "container"})
 
 
 @functools.lru_cache(maxsize=1)

@@ -12,6 +12,7 @@ from django.urls import URLPattern, URLResolver, get_resolver
 
 from approvals.models import Decision, Gate, GateUserObjectPermission
 from approvals.signing.models import ApproverKey
+from executors.models import BackendConfiguration, BackendCredentialSet
 from gateway.models import Artefact, Clearance, Membership, Run, TaskInstance
 from gateway.worker import task_execute
 
@@ -58,10 +59,21 @@ MATRIX = {
     "tenant-user-create": ("post", {"tenant_admin"}, 201, 201),  # same URL as tenant-user-list; in their own tenant
     "tenant-user-detail": ("get", {"tenant_admin"}, 200, 404),
     "tenant-user-update": ("patch", {"tenant_admin"}, 200, 404),  # same URL as tenant-user-detail
+    "tenant-backends": ("get", {"tenant_admin"}, 200, 200),  # their own tenant's configuration only
+    "tenant-backends-set": ("put", {"tenant_admin"}, 200, 200),  # same URL as tenant-backends; their own tenant
+    "backend-credentials": ("get", {"tenant_admin"}, 200, 404),  # the home tenant's `hpc`: no such backend elsewhere
+    "backend-credentials-set": ("put", {"tenant_admin"}, 200, 404),  # same URL as backend-credentials
 }
 # Rows that share another row's URL (another method of the same endpoint).
-SAME_URL = {"run-submit": "run-list", "gate-assign": "gate-assignees", "clearance-set": "clearance-list", "clearance-revoke": "clearance-detail", "tenant-user-create": "tenant-user-list", "tenant-user-update": "tenant-user-detail"}
+SAME_URL = {"run-submit": "run-list", "gate-assign": "gate-assignees", "clearance-set": "clearance-list", "clearance-revoke": "clearance-detail", "tenant-user-create": "tenant-user-list", "tenant-user-update": "tenant-user-detail", "tenant-backends-set": "tenant-backends", "backend-credentials-set": "backend-credentials"}
 PUBLIC = {"workflow-schema"}
+BACKENDS = """\
+apiVersion: gatehouse/v1
+kind: Backends
+backends:
+  - {name: local, kind: local, max_classification: TOP SECRET}
+  - {name: hpc, kind: slurm, max_classification: CONFIDENTIAL, config: {cluster: hpc1}}
+"""
 
 
 def api_url_names() -> set[str]:
@@ -92,6 +104,13 @@ def world(db, recording, settings, tmp_path, make_tenant, make_member):
 
     forget_signer()
     _witness.cache_clear()
+    settings.GATEHOUSE_CREDENTIALS = {**settings.GATEHOUSE_CREDENTIALS, "STORE": "local",
+                                      "LOCAL_DIR": str(tmp_path / "credentials"),
+                                      "MASTER_KEY_FILE": str(tmp_path / "credentials.key")}
+    from executors.backends import backends_configure
+    from executors.credentials import forget_credential_store
+
+    forget_credential_store()
     from approvals.services import gate_assign
     from approvals.signing.keys import approver_key_enrol
     from gateway.services import run_submit
@@ -102,6 +121,7 @@ def world(db, recording, settings, tmp_path, make_tenant, make_member):
     users[("away", "all")] = make_member(away, *[r for r in ROLES if r != "platform_auditor"])
     # Every role in the home tenant, but cleared below the run's SECRET.
     users[("home", "low")] = make_member(home, *ROLES, clearance="CONFIDENTIAL")
+    backends_configure(tenant=home, actor=None, source=BACKENDS)
     run = run_submit(tenant=home, actor=users[("home", "author")], source=WORKFLOW)
     make = TaskInstance.objects.get(run=run, key="make")
     assert task_execute(make.id, make.attempt) == "succeeded"
@@ -136,6 +156,8 @@ def call(client, name: str, w: dict):
         kwargs = {"clearance_id": w["clearance"].id}
     elif name in ("tenant-user-detail", "tenant-user-update"):
         kwargs = {"user_id": w["users"][("home", "analyst")].pk}
+    elif name in ("backend-credentials", "backend-credentials-set"):
+        kwargs = {"name": "hpc"}
     url = reverse(SAME_URL.get(name, name), kwargs=kwargs)
     if name in ("workflow-validate", "run-submit"):
         return client.post(url, data=WORKFLOW, content_type="application/yaml")
@@ -158,6 +180,10 @@ def call(client, name: str, w: dict):
         return client.post(url, {"username": "newcomer", "roles": ["analyst"]}, format="json")
     if name == "tenant-user-update":
         return client.patch(url, {"roles": ["analyst", "author"], "enabled": False}, format="json")
+    if name == "tenant-backends-set":
+        return client.put(url, data=BACKENDS.replace("hpc1", "hpc2"), content_type="application/yaml")
+    if name == "backend-credentials-set":
+        return client.put(url, {"credentials": {"jwt": "hpc-credential-value"}}, format="json")
     return getattr(client, method)(url)
 
 
@@ -170,8 +196,10 @@ def state(w: dict) -> tuple:
     gate = Gate.objects.values_list("classification", "revision").get(id=w["gate"].id)
     keys = tuple(ApproverKey.objects.filter(user__membership__tenant=w["home"]).order_by("key_id")
                  .values_list("key_id", "revoked_at"))
+    backends = (tuple(BackendConfiguration.objects.filter(tenant=w["home"]).values_list("revision", "digest")),
+                tuple(BackendCredentialSet.objects.filter(tenant=w["home"]).values_list("backend", "version")))
     return (Run.objects.count(), Decision.objects.count(), w["run"].state, home_members, clearances, grants, gate,
-            keys)
+            keys, backends)
 
 
 @pytest.mark.parametrize("name", sorted(MATRIX))
@@ -223,7 +251,7 @@ BELOW_CLEARANCE = {
     "run-submit": 403,
     "audit-export": 403,
 }
-WRITES = {"workflow-validate", "my-key-rotate", "key-revoke", "gate-relabel", "gate-assign", "gate-assignee-detail", "clearance-set", "clearance-revoke", "tenant-user-create", "tenant-user-update"}
+WRITES = {"workflow-validate", "my-key-rotate", "key-revoke", "gate-relabel", "gate-assign", "gate-assignee-detail", "clearance-set", "clearance-revoke", "tenant-user-create", "tenant-user-update", "tenant-backends-set", "backend-credentials-set"}
 
 
 @pytest.mark.parametrize("name", sorted(MATRIX))

@@ -6,6 +6,8 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from rest_framework.authtoken.models import Token
 
+from executors.backends import backends_configure
+from executors.models import BackendConfiguration
 from gateway.clearances import ClearanceInput
 from gateway.models import Run, Tenant
 from gateway.services import run_submit
@@ -20,6 +22,16 @@ DEMO_USERS = [
 # Every demo user may read the demo workflow's labels (up to SECRET, releasable to GBR).
 DEMO_CLEARANCE = ClearanceInput(policy=None, max_level="SECRET", compartments=[], releasability=["GBR"])
 DEMO_WORKFLOW = Path(settings.BASE_DIR) / "deploy" / "examples" / "threat-validation.yaml"
+# The demo tenant's backends: this machine, cleared for everything the demo users may read.
+DEMO_BACKENDS = """\
+apiVersion: gatehouse/v1
+kind: Backends
+backends:
+  - name: local
+    kind: local
+    max_classification: TOP SECRET
+    config: {}
+"""
 
 
 class Command(BaseCommand):
@@ -39,6 +51,9 @@ class Command(BaseCommand):
                                      clearance=DEMO_CLEARANCE)
             token, _ = Token.objects.get_or_create(user=user)
             self.stdout.write(f"  {username:<8} roles {','.join(roles):<13} token {token.key}")
+        if not BackendConfiguration.objects.filter(tenant=tenant).exists():
+            backends_configure(tenant=tenant, actor=None, source=DEMO_BACKENDS)
+            self.stdout.write("  backends: local (up to TOP SECRET)")
         if not no_run and not Run.objects.filter(tenant=tenant).exists():
             author = User.objects.get(username="author")
             run = run_submit(tenant=tenant, actor=author, source=DEMO_WORKFLOW.read_bytes(), filename=DEMO_WORKFLOW.name)

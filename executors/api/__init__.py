@@ -1,0 +1,1 @@
+"""The API of tenant backends and their credentials (tenant admins only)."""
