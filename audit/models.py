@@ -38,13 +38,24 @@ class AuditEntry(models.Model):
 
 
 class AuditPending(models.Model):
-    entry = models.OneToOneField(AuditEntry, primary_key=True, on_delete=models.PROTECT, related_name="+")
+    # No database constraint: its check locked the new entry's row (FOR KEY SHARE, at commit) on
+    # every append, a second write to the entry's page; an entry can never be deleted (the
+    # append-only triggers, audit/db_privileges.py) and its queue row is inserted by the same
+    # statement that inserts it (audit.services), so the constraint guarded nothing.
+    entry = models.OneToOneField(AuditEntry, primary_key=True, on_delete=models.PROTECT, related_name="+",
+                                 db_constraint=False)
 
 
 class AuditLeaf(models.Model):
     seq = models.BigIntegerField(primary_key=True)  # position in the global log
-    entry = models.OneToOneField(AuditEntry, on_delete=models.PROTECT, related_name="leaf")
-    tenant = models.ForeignKey("gateway.Tenant", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    # No database constraints on these two (the sequencer writes a batch with COPY, and each
+    # constraint ran a check query per leaf and locked the row it names): an entry is never
+    # deleted (append-only triggers, audit/db_privileges.py), and a tenant with leaves has its
+    # tree's AuditHead row, whose constraint keeps the tenant from being deleted. No index of its
+    # own for tenant: the unique (tenant, tenant_seq) below starts with it.
+    entry = models.OneToOneField(AuditEntry, on_delete=models.PROTECT, related_name="leaf", db_constraint=False)
+    tenant = models.ForeignKey("gateway.Tenant", null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+                               db_constraint=False, db_index=False)
     tenant_seq = models.BigIntegerField(null=True, blank=True)  # position in the tenant's log
     leaf = models.BinaryField()  # canonical JSON bytes: the Merkle leaf
     leaf_hash = models.BinaryField(max_length=32)

@@ -48,6 +48,8 @@ from .models import BackendConfiguration, BackendKind, TenantBackend
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "backends-v1.json"
 BUILTIN_NAME = "local"
+# Executors that only run with a tenant's configuration (where to submit, with which credentials).
+NEEDS_CONFIGURATION = frozenset({"slurm", "batch"})
 
 # A key in `config` whose name says it holds a secret is refused: credentials are stored elsewhere.
 _CREDENTIAL_KEY = re.compile(
@@ -95,14 +97,15 @@ def default_ceiling() -> Label:
 
 def builtin_backends() -> list[Backend]:
     """What a tenant without configuration has, as before backends were configurable: `local`, and
-    any other executor registered in this process (named explicitly), capped at the default
-    ceiling's level; a task that names none goes to `local` (it is preferred)."""
+    any other executor registered in this process (named explicitly) that needs no configuration of
+    the tenant's (a cluster or a queue, and credentials: not `slurm` or `batch`), capped at the
+    default ceiling's level; a task that names none goes to `local` (it is preferred)."""
     from .registry import known_backends
 
     ceiling = default_ceiling()
     return [Backend(name=BUILTIN_NAME, kind=BackendKind.LOCAL.value, ceiling=ceiling, preference=1, level_only=True)] + [
         Backend(name=name, kind=name, ceiling=ceiling, level_only=True)
-        for name in sorted(known_backends() - {BUILTIN_NAME})
+        for name in sorted(known_backends() - {BUILTIN_NAME} - NEEDS_CONFIGURATION)
     ]
 
 

@@ -73,7 +73,9 @@ class ExecutorError(Exception):
     ``no_container_runtime``, ``staging_failed`` (I/O error preparing the work dir),
     ``unknown_backend``; the ``slurm`` backend adds ``submit_failed`` (sbatch refused the job),
     ``rate_limited`` (no submission slot in time), ``slurm_unavailable`` (Slurm did not answer) and
-    ``driver_unavailable`` (the requested Slurm driver cannot be used).
+    ``driver_unavailable`` (the requested Slurm driver cannot be used); the ``batch`` backend uses
+    ``submit_failed`` (SubmitJob refused), ``rate_limited``, ``staging_failed`` (the job's files
+    could not be put in or fetched from S3) and ``batch_unavailable`` (AWS Batch did not answer).
     """
 
     def __init__(self, code: str, message: str = "") -> None:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .base import Executor, ExecutorError
+from .batch import BatchExecutor
 from .local import LocalExecutor
 from .slurm import SlurmExecutor
 
@@ -83,3 +84,6 @@ register("local", LocalExecutor)
 # Config: cluster, partition, defaults, ssh ({host, known_hosts, user, port, identity_file}) or None for
 # this host, work_root, submit_rate, submit_burst, poll_interval, ... (see executors.slurm.SlurmExecutor).
 register("slurm", SlurmExecutor)
+# Config: job_queue, job_definition, region, endpoint_url, credentials (what executors.credentials returns),
+# job_role_arn, artefact_bucket, artefact_prefix, tenant, submit_rate, ... (see executors.batch.BatchExecutor).
+register("batch", BatchExecutor)

@@ -28,15 +28,17 @@ from executors.base import (
     OutputRequest,
     StagedInput,
 )
-from executors.registry import get_executor
+from executors.registry import get_executor, known_backends
 
 from audit.services import audit_append
 
+from . import worker_sql
 from .artefacts import ArtefactError
 from .choices import TaskState
 from .dispatch import dispatch_on_commit, retry_on_commit
 from .engine import after_terminal, task_transition
 from .models import Artefact, TaskInstance
+from .placement import placement_check
 from .spec import TaskSpec
 from .storage import get_store, tenant_key
 
@@ -48,6 +50,8 @@ def _engine(name: str):
 
 
 def task_claim(task_id: int, attempt: int) -> TaskInstance | None:
+    if worker_sql.enabled():
+        return worker_sql.task_claim(task_id, attempt)  # the same, in one statement
     with transaction.atomic():
         task = TaskInstance.objects.select_for_update().filter(id=task_id).first()
         if task is None or task.state != TaskState.QUEUED or task.attempt != attempt:
@@ -138,8 +142,13 @@ def task_run(task: TaskInstance, attempt: int) -> Outcome:
     staging = workdir.parent / f".{task.key}.{attempt}.inputs"
     heartbeat = _Heartbeat(task, attempt)
     try:
-        executor = get_executor(task.backend)
-        staging.mkdir(parents=True, exist_ok=True)
+        # Placement again at dispatch: the tenant's backend must still exist, be enabled and be cleared
+        # for the task's label (its ceiling may have been lowered since the run was submitted).
+        backend = placement_check(task)
+        executor = (get_executor(task.backend) if task.backend in known_backends()
+                    else get_executor(backend.kind, **backend.config))
+        # The run's directory, as before; a staging directory only for a task with inputs.
+        (staging if spec.inputs else staging.parent).mkdir(parents=True, exist_ok=True)
         inputs = _stage_inputs(task, spec, staging)
         script = spec.run.script if spec.run else None
         request = JobRequest(
@@ -183,12 +192,15 @@ def task_run(task: TaskInstance, attempt: int) -> Outcome:
     finally:
         if not _engine("KEEP_WORKDIRS"):
             shutil.rmtree(workdir, ignore_errors=True)
-        shutil.rmtree(staging, ignore_errors=True)
+        if spec.inputs:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def task_finish(task_id: int, attempt: int, outcome: Outcome) -> str:
     """Record the end of an attempt: artefacts, the new state, and what follows from it."""
     with transaction.atomic():
+        if outcome.status.state == JobState.SUCCEEDED and worker_sql.enabled():
+            return worker_sql.task_finish_succeeded(task_id, attempt, outcome)  # the same, in one statement
         task = TaskInstance.objects.select_for_update().defer("spec").filter(id=task_id).first()
         if task is None or task.state != TaskState.RUNNING or task.attempt != attempt:
             return "superseded"  # cancelled or recovered meanwhile: this attempt's result is dropped

@@ -198,3 +198,28 @@ def test_the_chosen_backend_always_dominates_the_label(backends, label, prefer, 
     for named in ("a", "b"):
         explicit = placement_choose(backends, label, named=named, tags=tags)
         assert explicit.backend is None or (explicit.backend.name == named and dominates(explicit.backend.ceiling, label))
+
+
+@pytest.mark.parametrize("kind", ["slurm", "batch"])
+def test_a_tenant_without_configuration_cannot_name_a_backend_that_needs_one(recording, tenant, make_member, kind):
+    author = make_member(tenant, "author")
+    runs = Run.objects.count()
+    with pytest.raises(GatehouseError) as refused:
+        run_submit(tenant=tenant, actor=author, source=workflow({"id": "far", "backend": kind}))
+    assert kind in refused.value.message or kind in str(refused.value.detail)
+    assert Run.objects.count() == runs
+
+
+def test_the_worker_refuses_to_run_a_task_its_backend_may_no_longer_host(recording, configured, author, artefact_root):
+    from gateway.worker import task_execute
+
+    run = run_submit(tenant=configured, actor=author, source=workflow(
+        {"id": "secret", "classification": "SECRET", "backend": "vault-room", "run": "echo ran > out.txt",
+         "outputs": [{"name": "out", "path": "out.txt"}]}))
+    task = TaskInstance.objects.get(run=run, key="secret")
+    backends_configure(tenant=configured, actor=None, source=BACKENDS.replace(
+        "max_classification: TOP SECRET", "max_classification: CONFIDENTIAL"))
+    assert task_execute(task.id, task.attempt) == "failed"
+    task.refresh_from_db()
+    assert task.state == "FAILED" and "no_backend_for_label" in task.reason
+    assert not task.artefacts.exists()  # nothing ran: no output, no log
