@@ -24,7 +24,6 @@ are set and when (`BackendCredentialSet`), the only trace in the database.
 """
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
@@ -122,24 +121,9 @@ _AAD = b"gatehouse-credentials|v1|"
 
 
 def _master_key(path: Path) -> bytes:
-    if not path.exists():
-        if settings.PROFILE == "production":
-            raise ImproperlyConfigured(f"the credentials master key {path} does not exist")
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass  # another process made it first
-        else:
-            with os.fdopen(fd, "w") as out:
-                out.write(base64.b64encode(secrets.token_bytes(32)).decode("ascii") + "\n")
-    try:
-        raw = base64.b64decode(path.read_text().strip(), validate=True)
-    except ValueError as exc:
-        raise ImproperlyConfigured(f"the credentials master key {path} is not base64") from exc
-    if len(raw) != 32:
-        raise ImproperlyConfigured(f"the credentials master key {path} must hold 32 bytes (base64), not {len(raw)}")
-    return raw
+    from gateway.keyfiles import master_key_bytes
+
+    return master_key_bytes(path, "the credentials master key")
 
 
 class LocalCredentialStore:

@@ -9,9 +9,7 @@ key is deleted when its key is retired or revoked, so a retired key can sign not
 """
 from __future__ import annotations
 
-import base64
 import hashlib
-import os
 import secrets
 from pathlib import Path
 
@@ -110,23 +108,10 @@ class MasterKey:
 
     @classmethod
     def from_settings(cls) -> MasterKey:
+        from gateway.keyfiles import master_key_bytes
+
         path = Path(settings.GATEHOUSE_APPROVAL_SIGNING["MASTER_KEY_FILE"])
-        if not path.exists():
-            if settings.PROFILE == "production":
-                raise ImproperlyConfigured(f"the approval master key {path} does not exist")
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                pass  # another process made it first
-            else:
-                with os.fdopen(fd, "w") as out:
-                    out.write(base64.b64encode(secrets.token_bytes(32)).decode("ascii") + "\n")
-        try:
-            raw = base64.b64decode(path.read_text().strip(), validate=True)
-        except ValueError as exc:
-            raise ImproperlyConfigured(f"the approval master key {path} is not base64") from exc
-        return cls(raw, str(path))
+        return cls(master_key_bytes(path, "the approval master key"), str(path))
 
     def seal(self, key_id: str, secret: bytes) -> bytes:
         nonce = secrets.token_bytes(12)
