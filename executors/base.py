@@ -268,20 +268,49 @@ class Executor(ABC):
         cancelled and ``TIMED_OUT`` returned. This default polls :meth:`poll_many` with a single
         handle; backends that can wait natively override it.
         """
-        interval = max(float(interval), 0.01)
         deadline = None if timeout is None else time.monotonic() + max(0.0, float(timeout))
+        return self._wait_loop(
+            handle,
+            deadline_of=lambda status, now: deadline,
+            timed_out_reason=f"timed out after {timeout:g}s" if timeout is not None else "",
+            should_cancel=should_cancel,
+            heartbeat=heartbeat,
+            interval=interval,
+            sleep_to_deadline=True,
+        )
+
+    def _wait_loop(
+        self,
+        handle: JobHandle,
+        *,
+        deadline_of: Callable[[JobStatus | None, float], float | None],
+        timed_out_reason: str,
+        should_cancel: Callable[[], bool] | None,
+        heartbeat: Callable[[], None] | None,
+        interval: float,
+        sleep_to_deadline: bool,
+    ) -> JobStatus:
+        """The polling loop behind :meth:`wait`: poll, return a final status; cancel and return
+        ``TIMED_OUT`` (with ``timed_out_reason``) once ``deadline_of(status, now)`` (a monotonic
+        time, or ``None`` for none yet) has passed; call ``heartbeat()``, then ``should_cancel()``
+        (cancel and return ``CANCELLED``); sleep ``interval`` seconds (no later than the deadline
+        with ``sleep_to_deadline``) and start again."""
+        interval = max(float(interval), 0.01)
         while True:
             status = self.poll_many([handle]).get(handle.external_id)
             if status is not None and status.finished:
                 return status
             now = time.monotonic()
+            deadline = deadline_of(status, now)
             if deadline is not None and now >= deadline:
                 self.cancel(handle)
-                return JobStatus(JobState.TIMED_OUT, None, f"timed out after {timeout:g}s")
+                return JobStatus(JobState.TIMED_OUT, None, timed_out_reason)
             if heartbeat is not None:
                 heartbeat()
             if should_cancel is not None and should_cancel():
                 self.cancel(handle)
                 return JobStatus(JobState.CANCELLED, None, "cancelled")
-            sleep_for = interval if deadline is None else min(interval, max(0.0, deadline - now))
-            time.sleep(sleep_for)
+            if deadline is not None and sleep_to_deadline:
+                time.sleep(min(interval, max(0.0, deadline - now)))
+            else:
+                time.sleep(interval)

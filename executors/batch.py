@@ -63,13 +63,15 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .base import Collected, CollectedOutput, Executor, ExecutorError, JobHandle, JobRequest, JobState, JobStatus
+from .base import Collected, CollectedOutput, ExecutorError, JobHandle, JobRequest, JobState, JobStatus
 from .batch_tracker import DESCRIBE_BATCH, BatchTracker, _error_text
-from .local import CONTROL_DIR, SCRIPT_PLACEHOLDER, _abs_workdir, _split_relpath, label_env
+from .local import SCRIPT_PLACEHOLDER, label_env
+from .remote import RemoteExecutor
 from .slurm import TokenBucket, _memory, _seconds
+from .workdir import CONTROL_DIR, _abs_workdir, _split_relpath, check_inputs
 
 __all__ = [
     "AWS_SUBMIT_RATE",
@@ -350,7 +352,7 @@ def _credential_values(credentials: Mapping[str, str] | None) -> dict[str, str]:
     return values
 
 
-class BatchExecutor(Executor):
+class BatchExecutor(RemoteExecutor):
     """Runs tasks as AWS Batch jobs. See the module docstring.
 
     Configuration (all keywords, so ``get_executor("batch", **config)`` works):
@@ -482,18 +484,7 @@ class BatchExecutor(Executor):
         _abs_workdir(req)  # where collect() puts what the job produced
         if req.script is not None and not isinstance(req.script, str):
             raise _bad("script must be a string")
-        seen: set[tuple[str, ...]] = set()
-        for item in req.inputs:
-            parts = _split_relpath(item.path, "input")
-            if parts[0] == CONTROL_DIR:
-                raise _bad(f"input path {item.path!r} is inside the reserved {CONTROL_DIR}/ directory")
-            if parts in seen:
-                raise _bad(f"input path {item.path!r} is given twice")
-            seen.add(parts)
-            if not isinstance(item.source, str) or not os.path.isabs(item.source):
-                raise _bad(f"input source must be an absolute path, got {item.source!r}")
-            if not os.path.isfile(item.source):
-                raise ExecutorError("input_missing", f"input {item.source!r} (for {item.path!r}) does not exist")
+        check_inputs(req)
         names: set[str] = set()
         for out in req.outputs:
             if not _OUTPUT_NAME.match(out.name) or out.name in names:
@@ -787,37 +778,6 @@ class BatchExecutor(Executor):
         handles = [self._handle(f"{array_id}:{i}", array_id, req, array=i) for i, req in enumerate(requests)]
         self.tracker.track([h.external_id for h in handles])
         return handles
-
-    def wait(
-        self,
-        handle: JobHandle,
-        *,
-        timeout: float | None,
-        should_cancel: Callable[[], bool] | None = None,
-        heartbeat: Callable[[], None] | None = None,
-        interval: float = 1.0,
-    ) -> JobStatus:
-        """Poll until the job finishes. Batch enforces the time limit itself; ``timeout`` is
-        counted from when the job is first seen running (not while it queues), and only
-        ``timeout + timeout_grace`` later does this method cancel it and report TIMED_OUT."""
-        interval = max(float(interval), 0.01)
-        deadline: float | None = None
-        while True:
-            status = self.poll_many([handle])[handle.external_id]
-            if status.finished:
-                return status
-            now = time.monotonic()
-            if deadline is None and timeout is not None and status.state == JobState.RUNNING:
-                deadline = now + float(timeout) + self.timeout_grace
-            if deadline is not None and now >= deadline:
-                self.cancel(handle)
-                return JobStatus(JobState.TIMED_OUT, None, f"still running {timeout:g}s after its time limit")
-            if heartbeat is not None:
-                heartbeat()
-            if should_cancel is not None and should_cancel():
-                self.cancel(handle)
-                return JobStatus(JobState.CANCELLED, None, "cancelled")
-            time.sleep(interval)
 
     # ---------------------------------------------------------------- cancel, collect
 

@@ -25,12 +25,12 @@ Pure Python, no Django. See :mod:`executors.batch` for the state mapping.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
-from .base import FINISHED_STATES, JobState, JobStatus
+from .base import JobState, JobStatus
+from .tracker import StatusTracker
 
 __all__ = ["DESCRIBE_BATCH", "BatchTracker"]
 
@@ -38,11 +38,10 @@ __all__ = ["DESCRIBE_BATCH", "BatchTracker"]
 DESCRIBE_BATCH = 100
 
 
-class BatchTracker:
+class BatchTracker(StatusTracker):
     """The shared status cache of one queue. Get it with :meth:`for_key`."""
 
-    _registry: dict[str, BatchTracker] = {}
-    _registry_lock = threading.Lock()
+    backend_label = "AWS Batch"
 
     def __init__(
         self,
@@ -55,82 +54,29 @@ class BatchTracker:
         missing_grace: float = 120.0,
         batch_size: int = DESCRIBE_BATCH,
     ) -> None:
+        super().__init__(poll_interval=poll_interval, max_backoff=max_backoff)
         self.key = key
         self.client = client
         self.status_of = status_of
-        self.poll_interval = max(0.0, float(poll_interval))
-        self.max_backoff = max(self.poll_interval, float(max_backoff))
         self.missing_grace = max(0.0, float(missing_grace))
         self.batch_size = max(1, min(DESCRIBE_BATCH, int(batch_size)))
-        self.queries = 0  # DescribeJobs calls
+        # ``queries`` counts DescribeJobs calls
         self.refreshes = 0  # refreshes (each makes ceil(open / batch_size) calls)
-        self.failures = 0  # consecutive failed refreshes
-        self.last_error = ""
-        self._lock = threading.RLock()
-        self._tracked: dict[str, float] = {}  # job id -> when first tracked (monotonic)
-        self._status: dict[str, JobStatus] = {}
-        self._last_query = float("-inf")
-        self._next_query = float("-inf")
-
-    # ------------------------------------------------------------------ shared instances
 
     @classmethod
     def for_key(cls, key: str, client: Any, **options: Any) -> BatchTracker:
         """The process-wide tracker of ``key`` (created on first use with these options). A newer
         client (credentials renewed) replaces the one it queries with."""
-        with cls._registry_lock:
-            tracker = cls._registry.get(key)
-            if tracker is None:
-                tracker = cls(key, client, **options)
-                cls._registry[key] = tracker
-            else:
-                tracker.client = client
-            return tracker
 
-    @classmethod
-    def forget_all(cls) -> None:
-        """Drop every shared tracker (tests, or a process that changes its configuration)."""
-        with cls._registry_lock:
-            cls._registry.clear()
+        def reuse(tracker: BatchTracker) -> None:
+            tracker.client = client
 
-    # ------------------------------------------------------------------ registration
-
-    def track(self, keys: Iterable[str]) -> None:
-        now = time.monotonic()
-        with self._lock:
-            for key in keys:
-                self._tracked.setdefault(key, now)
-
-    def untrack(self, keys: Iterable[str]) -> None:
-        with self._lock:
-            for key in keys:
-                self._tracked.pop(key, None)
-                self._status.pop(key, None)
-
-    @property
-    def tracked(self) -> frozenset[str]:
-        with self._lock:
-            return frozenset(self._tracked)
-
-    # ------------------------------------------------------------------ queries
-
-    def statuses(self, keys: Iterable[str], *, force: bool = False) -> dict[str, JobStatus]:
-        """Status of each key (registering it), refreshing first when an interval has passed.
-
-        Concurrent callers wait for the one refresh in progress and share its answer.
-        """
-        keys = list(keys)
-        self.track(keys)
-        with self._lock:
-            if force or time.monotonic() >= max(self._next_query, self._last_query + self.poll_interval):
-                if any(k not in self._status or not self._status[k].finished for k in self._tracked):
-                    self._refresh()
-            return {k: self._status.get(k, JobStatus(JobState.UNKNOWN, None, "not queried yet")) for k in keys}
+        return cls._shared(key, lambda: cls(key, client, **options), reuse)
 
     def _refresh(self) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        open_keys = sorted(k for k in self._tracked if not (k in self._status and self._status[k].finished))
+        open_keys = self._open_keys()
         self._last_query = now = time.monotonic()
         self.refreshes += 1
         chunks = [open_keys[i : i + self.batch_size] for i in range(0, len(open_keys), self.batch_size)]
@@ -139,7 +85,7 @@ class BatchTracker:
             try:
                 answer = self.client.describe_jobs(jobs=chunk)
             except (ClientError, BotoCoreError) as exc:
-                self._failed([k for rest in chunks[index:] for k in rest], exc)
+                self._failed([k for rest in chunks[index:] for k in rest], _error_text(exc))
                 return
             found = {job.get("jobId"): job for job in answer.get("jobs") or []}
             for key in chunk:
@@ -152,27 +98,7 @@ class BatchTracker:
                     )
                 else:
                     self._status[key] = JobStatus(JobState.UNKNOWN, None, "not known to AWS Batch yet")
-        self.failures = 0
-        self.last_error = ""
-        self._next_query = float("-inf")
-
-    def _failed(self, keys: list[str], exc: Exception) -> None:
-        self.failures += 1
-        self.last_error = _error_text(exc)
-        backoff = min(self.max_backoff, max(self.poll_interval, 0.5) * (2 ** min(self.failures, 16)))
-        self._next_query = self._last_query + backoff
-        for key in keys:
-            self._status[key] = JobStatus(
-                JobState.UNKNOWN, None, f"AWS Batch query failed ({self.last_error}); next try in {backoff:.0f}s"
-            )
-
-    def forget_finished(self) -> None:
-        """Stop tracking jobs whose final state is known."""
-        with self._lock:
-            done = [k for k, s in self._status.items() if s.state in FINISHED_STATES]
-            for key in done:
-                self._tracked.pop(key, None)
-                del self._status[key]
+        self._succeeded()
 
 
 def _error_text(exc: Exception) -> str:

@@ -55,7 +55,6 @@ from typing import Any
 
 from .base import (
     Collected,
-    Executor,
     ExecutorError,
     JobHandle,
     JobRequest,
@@ -63,16 +62,9 @@ from .base import (
     JobStatus,
     sanitize_job_key,
 )
-from .local import (
-    CONTROL_DIR,
-    SAFE_PATH,
-    LocalExecutor,
-    _abs_workdir,
-    _ensure_private_dir,
-    _split_relpath,
-    resolve_argv,
-    task_env,
-)
+from .local import SAFE_PATH, resolve_argv, task_env
+from .remote import RemoteExecutor
+from .workdir import CONTROL_DIR, _abs_workdir, _ensure_private_dir, check_inputs, collect_workdir, prepare_workdir
 from .slurm_tracker import SlurmTracker
 
 __all__ = [
@@ -765,7 +757,7 @@ class _Staged:
     inputs: list[tuple[tuple[str, ...], str]] = field(default_factory=list)
 
 
-class SlurmExecutor(Executor):
+class SlurmExecutor(RemoteExecutor):
     """Runs tasks as Slurm batch jobs. See the module docstring.
 
     Configuration (all keywords, so ``get_executor("slurm", **config)`` works):
@@ -847,27 +839,14 @@ class SlurmExecutor(Executor):
             raise _bad(f"workdir {workdir!r} is outside the cluster's shared work root {self.work_root!r}")
         if req.script is not None and not isinstance(req.script, str):
             raise _bad("script must be a string")
-        inputs: list[tuple[tuple[str, ...], str]] = []
-        seen: set[tuple[str, ...]] = set()
-        for item in req.inputs:
-            parts = _split_relpath(item.path, "input")
-            if parts[0] == CONTROL_DIR:
-                raise _bad(f"input path {item.path!r} is inside the reserved {CONTROL_DIR}/ directory")
-            if parts in seen:
-                raise _bad(f"input path {item.path!r} is given twice")
-            seen.add(parts)
-            if not isinstance(item.source, str) or not os.path.isabs(item.source):
-                raise _bad(f"input source must be an absolute path, got {item.source!r}")
-            if not os.path.isfile(item.source):
-                raise ExecutorError("input_missing", f"input {item.source!r} (for {item.path!r}) does not exist")
-            inputs.append((parts, item.source))
+        inputs = check_inputs(req)
         _task_command(req, self.container_wrapper)  # refuse a bad command before any side effect
         task_env(req, path=self.path)
         return _Staged(req, workdir, inputs)
 
     def _stage(self, staged: _Staged) -> None:
         try:
-            stdout_fd, stderr_fd = LocalExecutor._prepare_workdir(staged.req, staged.workdir, staged.inputs, None)
+            stdout_fd, stderr_fd = prepare_workdir(staged.req, staged.workdir, staged.inputs, None)
             os.close(stdout_fd)
             os.close(stderr_fd)
         except OSError as exc:
@@ -1009,37 +988,6 @@ class SlurmExecutor(Executor):
         self.tracker.track([job_id])
         return self._handle(job_id, job_id, req, log_path, array=None)
 
-    def wait(
-        self,
-        handle: JobHandle,
-        *,
-        timeout: float | None,
-        should_cancel: Callable[[], bool] | None = None,
-        heartbeat: Callable[[], None] | None = None,
-        interval: float = 1.0,
-    ) -> JobStatus:
-        """Poll until the job finishes. Slurm enforces the time limit itself; ``timeout`` is
-        counted from when the job is first seen running (not while it queues), and only
-        ``timeout + timeout_grace`` later does this method cancel it and report TIMED_OUT."""
-        interval = max(float(interval), 0.01)
-        deadline: float | None = None
-        while True:
-            status = self.poll_many([handle])[handle.external_id]
-            if status.finished:
-                return status
-            now = time.monotonic()
-            if deadline is None and timeout is not None and status.state == JobState.RUNNING:
-                deadline = now + float(timeout) + self.timeout_grace
-            if deadline is not None and now >= deadline:
-                self.cancel(handle)
-                return JobStatus(JobState.TIMED_OUT, None, f"still running {timeout:g}s after its time limit")
-            if heartbeat is not None:
-                heartbeat()
-            if should_cancel is not None and should_cancel():
-                self.cancel(handle)
-                return JobStatus(JobState.CANCELLED, None, "cancelled")
-            time.sleep(interval)
-
     # ---------------------------------------------------------------- cancel, collect
 
     def cancel(self, handle: JobHandle) -> None:
@@ -1058,7 +1006,7 @@ class SlurmExecutor(Executor):
     def collect(self, handle: JobHandle, req: JobRequest) -> Collected:
         """Declared outputs as the ``local`` executor checks them; Slurm's own messages about the
         job (time limit, cancellation) are appended once to stderr. The job stops being tracked."""
-        collected = LocalExecutor.collect(self, handle, req)  # type: ignore[arg-type]
+        collected = collect_workdir(handle, req)
         _merge_slurm_log(handle.data.get("slurm_log"), collected.stderr_path)
         self.tracker.untrack([handle.external_id])
         return collected

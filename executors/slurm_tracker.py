@@ -21,12 +21,11 @@ Pure Python, no Django. The commands run through a :class:`~executors.slurm.Slur
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from .base import FINISHED_STATES, JobState, JobStatus
+from .base import JobState, JobStatus
+from .tracker import StatusTracker
 
 if TYPE_CHECKING:  # pragma: no cover
     from .slurm import SlurmCommands
@@ -40,11 +39,10 @@ MAX_CONFIRMATIONS_PER_REFRESH = 32
 MAX_IDS_ON_COMMAND_LINE = 500
 
 
-class SlurmTracker:
+class SlurmTracker(StatusTracker):
     """The shared status cache of one cluster. Get it with :meth:`for_cluster`."""
 
-    _registry: dict[str, SlurmTracker] = {}
-    _registry_lock = threading.Lock()
+    backend_label = "Slurm"
 
     def __init__(
         self,
@@ -55,96 +53,32 @@ class SlurmTracker:
         max_backoff: float = 300.0,
         use_json: bool | None = None,
     ) -> None:
+        super().__init__(poll_interval=poll_interval, max_backoff=max_backoff)
         self.cluster = cluster
         self.commands = commands
-        self.poll_interval = max(0.0, float(poll_interval))
-        self.max_backoff = max(self.poll_interval, float(max_backoff))
         #: None: try ``squeue --json`` and fall back to ``scontrol show job -o`` if refused.
         self.use_json = use_json
-        self.queries = 0  # squeue (or scontrol -o for all jobs) calls
+        # ``queries`` counts squeue (or scontrol -o for all jobs) calls
         self.confirmations = 0  # scontrol show job <id> calls for vanished jobs
-        self.failures = 0  # consecutive failed queries
-        self.last_error = ""
-        self._lock = threading.RLock()
-        self._tracked: set[str] = set()
-        self._status: dict[str, JobStatus] = {}
-        self._last_query = float("-inf")
-        self._next_query = float("-inf")
-
-    # ------------------------------------------------------------------ shared instances
 
     @classmethod
     def for_cluster(cls, cluster: str, commands: SlurmCommands, **options: float | bool | None) -> SlurmTracker:
         """The process-wide tracker of ``cluster`` (created on first use with these options)."""
-        with cls._registry_lock:
-            tracker = cls._registry.get(cluster)
-            if tracker is None:
-                tracker = cls(cluster, commands, **options)  # type: ignore[arg-type]
-                cls._registry[cluster] = tracker
-            return tracker
-
-    @classmethod
-    def forget_all(cls) -> None:
-        """Drop every shared tracker (tests, or a process that changes its configuration)."""
-        with cls._registry_lock:
-            cls._registry.clear()
-
-    # ------------------------------------------------------------------ registration
-
-    def track(self, keys: Iterable[str]) -> None:
-        with self._lock:
-            self._tracked.update(keys)
-
-    def untrack(self, keys: Iterable[str]) -> None:
-        with self._lock:
-            for key in keys:
-                self._tracked.discard(key)
-                self._status.pop(key, None)
-
-    @property
-    def tracked(self) -> frozenset[str]:
-        with self._lock:
-            return frozenset(self._tracked)
-
-    # ------------------------------------------------------------------ queries
-
-    def statuses(self, keys: Iterable[str], *, force: bool = False) -> dict[str, JobStatus]:
-        """Status of each key (registering it), refreshing first when an interval has passed.
-
-        Concurrent callers wait for the one refresh in progress and share its answer.
-        """
-        keys = list(keys)
-        with self._lock:
-            self._tracked.update(keys)
-            if force or time.monotonic() >= max(self._next_query, self._last_query + self.poll_interval):
-                if any(k not in self._status or not self._status[k].finished for k in self._tracked):
-                    self._refresh()
-            return {
-                k: self._status.get(k, JobStatus(JobState.UNKNOWN, None, "not queried yet")) for k in keys
-            }
+        return cls._shared(cluster, lambda: cls(cluster, commands, **options))  # type: ignore[arg-type]
 
     def _refresh(self) -> None:
         from .slurm import SlurmCommandError, parse_scontrol_jobs, parse_squeue_json, record_status
 
-        open_keys = sorted(k for k in self._tracked if not (k in self._status and self._status[k].finished))
+        open_keys = self._open_keys()
         self._last_query = time.monotonic()
         self.queries += 1
         try:
             base_ids = sorted({k.split("_", 1)[0] for k in open_keys})
             records = self._query(base_ids, parse_squeue_json, parse_scontrol_jobs)
         except SlurmCommandError as exc:
-            self.failures += 1
-            self.last_error = str(exc)
-            backoff = min(self.max_backoff, max(self.poll_interval, 0.5) * (2 ** min(self.failures, 16)))
-            self._next_query = self._last_query + backoff
-            for key in open_keys:
-                self._status[key] = JobStatus(
-                    JobState.UNKNOWN, None, f"Slurm query failed ({exc}); next try in {backoff:.0f}s"
-                )
+            self._failed(open_keys, str(exc))
             return
-        self.failures = 0
-        self.last_error = ""
-        self._next_query = float("-inf")
+        self._succeeded()
         missing = []
         for key in open_keys:
             record = records.get(key)
@@ -203,12 +137,3 @@ class SlurmTracker:
             )
         detail = (result.stderr or result.stdout).strip()[:200]
         return JobStatus(JobState.UNKNOWN, None, f"not in the queue and not confirmed yet: {detail}")
-
-    def forget_finished(self) -> None:
-        """Stop tracking jobs whose final state is known (a long-lived poller calls this now and
-        then; the executor also untracks a job once it has been collected)."""
-        with self._lock:
-            done = [k for k, s in self._status.items() if s.state in FINISHED_STATES]
-            for key in done:
-                self._tracked.discard(key)
-                del self._status[key]

@@ -208,7 +208,7 @@ def test_one_query_per_interval_for_many_jobs_and_callers(make_executor: MakeExe
     elapsed = time.monotonic() - started
     queries = ex.tracker.queries - before
     assert calls[0] > 100
-    assert 1 <= queries <= int(elapsed / 1.0) + 1, f"{queries} queries in {elapsed:.1f}s for {calls[0]} calls"
+    assert 0 < queries <= int(elapsed / 1.0) + 1, f"{queries} queries in {elapsed:.1f}s for {calls[0]} calls"
     assert ex.commands.calls.get("squeue", 0) + other.commands.calls.get("squeue", 0) == ex.tracker.queries
     assert {s.state for s in wait_all(ex, handles).values()} == {JobState.SUCCEEDED}
 
