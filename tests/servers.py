@@ -28,12 +28,12 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
-__all__ = ["MotoServer", "ProcessServer", "ServerStartError", "free_port", "find_venv_script"]
+__all__ = ["MotoServer", "ProcessServer", "ServerStartError", "free_port", "find_venv_script", "venv_script"]
 
 
 class ServerStartError(RuntimeError):
@@ -51,15 +51,20 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def venv_script(name: str) -> str | None:
+    """A program installed next to the running interpreter, else on ``PATH``, else None."""
+    candidate = Path(sys.executable).parent / name
+    if candidate.is_file() and os.access(candidate, os.X_OK):
+        return str(candidate)
+    return shutil.which(name)
+
+
 def find_venv_script(name: str) -> str:
     """Locate a console script installed next to the running interpreter.
 
     Falls back to ``PATH``.  Raises :class:`ServerStartError` if not found.
     """
-    candidate = Path(sys.executable).parent / name
-    if candidate.is_file() and os.access(candidate, os.X_OK):
-        return str(candidate)
-    found = shutil.which(name)
+    found = venv_script(name)
     if found:
         return found
     raise ServerStartError(
@@ -70,14 +75,95 @@ def find_venv_script(name: str) -> str:
 
 class ProcessServer:
     """What every local test server shares: its process, its log file (never a pipe: a chatty
-    server would block on a full one), stopping, and use as a context manager. Subclasses set
-    ``_proc`` and ``_log`` when they launch and implement ``start``."""
+    server would block on a full one), starting on a free port with retries, waiting until it
+    is ready, stopping, and use as a context manager.
+
+    A subclass calls ``super().__init__`` and implements :meth:`_default_command` and
+    :meth:`_launch` (build the argv for a port, :meth:`_spawn` it, :meth:`_wait_ready`); it may
+    override :meth:`_pick_port`."""
 
     _proc: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = None
+    name = "server"
 
-    def start(self):  # pragma: no cover - every subclass defines it
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        startup_timeout: float = 30.0,
+        command: Sequence[str] | None = None,
+        start_attempts: int = 3,
+    ) -> None:
+        self.host = host
+        self._fixed_port = port
+        self.port: int | None = None
+        self.startup_timeout = startup_timeout
+        self._command = list(command) if command is not None else None
+        self._start_attempts = max(1, start_attempts if port is None else 1)
+        self._proc = None
+        self._log = None
+
+    def start(self) -> Any:
+        """Start the server and block until it is ready; each failed attempt (e.g. the picked port
+        was taken in the meantime) is stopped and retried on a fresh port."""
+        if self._proc is not None:
+            raise RuntimeError(f"{type(self).__name__} already started")
+        base = self._command or self._default_command()
+        last_error: ServerStartError | None = None
+        for _ in range(self._start_attempts):
+            port = self._fixed_port or self._pick_port()
+            try:
+                self._launch(base, port)
+                return self
+            except ServerStartError as exc:
+                last_error = exc
+                self.stop()
+            except BaseException:
+                self.stop()
+                raise
+        assert last_error is not None
+        raise last_error
+
+    def _default_command(self) -> list[str]:  # pragma: no cover - every subclass defines it
         raise NotImplementedError
+
+    def _pick_port(self) -> int:
+        return free_port(self.host)
+
+    def _launch(self, base: list[str], port: int) -> None:  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    def _spawn(self, argv: Sequence[str], *, shown: Sequence[str] | None = None,
+               env: dict[str, str] | None = None) -> None:
+        """Start ``argv`` with its output in a fresh log file; ``shown`` is what errors quote
+        (``argv`` without its secrets)."""
+        self._log = tempfile.TemporaryFile(prefix=f"{self.name}-", suffix=".log")
+        try:
+            self._proc = subprocess.Popen(
+                list(argv), stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+            )
+        except OSError as exc:
+            raise ServerStartError(f"cannot run {list(shown or argv)!r}: {exc}") from exc
+
+    def _wait_ready(self, ready: Callable[[], bool], *, shown: Sequence[str], timed_out: Callable[[], str],
+                    interval: float) -> None:
+        """Call ``ready()`` every ``interval`` s until it is true. :class:`ServerStartError`, with
+        the server's output, if the process exits first or ``startup_timeout`` passes (the
+        message starts with ``timed_out()``)."""
+        assert self._proc is not None
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            code = self._proc.poll()
+            if code is not None:
+                raise ServerStartError(
+                    f"{list(shown)!r} exited with status {code} during start-up; output:\n{self.output()}"
+                )
+            if ready():
+                return
+            if time.monotonic() >= deadline:
+                raise ServerStartError(f"{timed_out()}; output:\n{self.output()}")
+            time.sleep(interval)
 
     @property
     def running(self) -> bool:
@@ -141,23 +227,7 @@ class MotoServer(ProcessServer):
     available through :meth:`output`.
     """
 
-    def __init__(
-        self,
-        *,
-        host: str = "127.0.0.1",
-        port: int | None = None,
-        startup_timeout: float = 30.0,
-        command: Sequence[str] | None = None,
-        start_attempts: int = 3,
-    ) -> None:
-        self.host = host
-        self._fixed_port = port
-        self.port: int | None = None
-        self.startup_timeout = startup_timeout
-        self._command = list(command) if command is not None else None
-        self._start_attempts = max(1, start_attempts if port is None else 1)
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
+    name = "moto-server"
 
     # -- public API --------------------------------------------------------
 
@@ -170,21 +240,7 @@ class MotoServer(ProcessServer):
 
     def start(self) -> MotoServer:
         """Start the server and block until it answers HTTP requests."""
-        if self._proc is not None:
-            raise RuntimeError("MotoServer already started")
-        base = self._command or [find_venv_script("moto_server")]
-        last_error: ServerStartError | None = None
-        for _ in range(self._start_attempts):
-            port = self._fixed_port or free_port(self.host)
-            try:
-                self._launch(base, port)
-                return self
-            except ServerStartError as exc:
-                last_error = exc
-                self.stop()
-        assert last_error is not None
-        raise last_error
-
+        return super().start()
 
     def reset(self) -> None:
         """Drop all state held by the server (moto's ``/moto-api/reset``)."""
@@ -192,46 +248,29 @@ class MotoServer(ProcessServer):
         with urllib.request.urlopen(request, timeout=10):
             pass
 
-
-
     def __repr__(self) -> str:
         state = self.endpoint_url if self.running else "stopped"
         return f"<MotoServer {state}>"
 
     # -- internals -----------------------------------------------------------
 
+    def _default_command(self) -> list[str]:
+        return [find_venv_script("moto_server")]
+
     def _launch(self, base: list[str], port: int) -> None:
         self.port = port
-        self._log = tempfile.TemporaryFile(prefix="moto-server-", suffix=".log")
         argv = [*base, "-H", self.host, "-p", str(port)]
-        try:
-            self._proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=self._log,
-                stderr=subprocess.STDOUT,
-            )
-        except OSError as exc:
-            raise ServerStartError(f"cannot run {argv!r}: {exc}") from exc
-
-        deadline = time.monotonic() + self.startup_timeout
+        self._spawn(argv)
         probe = f"http://{self.host}:{port}/moto-api/"
-        while True:
-            code = self._proc.poll()
-            if code is not None:
-                raise ServerStartError(
-                    f"{argv!r} exited with status {code} during start-up; output:\n{self.output()}"
-                )
+
+        def answers() -> bool:
             try:
                 with urllib.request.urlopen(probe, timeout=1):
-                    return
+                    return True
             except urllib.error.HTTPError:
-                return  # any HTTP answer means the server is up
+                return True  # any HTTP answer means the server is up
             except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() >= deadline:
-                raise ServerStartError(
-                    f"{argv!r} did not answer HTTP on {probe} within "
-                    f"{self.startup_timeout:.0f}s; output:\n{self.output()}"
-                )
-            time.sleep(0.1)
+                return False
+
+        self._wait_ready(answers, shown=argv, interval=0.1, timed_out=lambda: (
+            f"{argv!r} did not answer HTTP on {probe} within {self.startup_timeout:.0f}s"))

