@@ -42,6 +42,9 @@ class Gate(models.Model):
         indexes = [
             models.Index(fields=["tenant", "state", "-opened_at"]),
             models.Index(fields=["deadline"], condition=Q(state="OPEN"), name="gate_open_deadline"),
+            # The inbox: a tenant's open gates in the order it lists them (approvals.selectors).
+            models.Index(fields=["tenant", "deadline", "opened_at"], condition=Q(state="OPEN"),
+                         name="gate_open_by_tenant"),
         ]
         # A per-object grant (django-guardian) for what does not follow from roles: a tenant admin
         # assigns one analyst to one gate. Never granted globally: every check passes

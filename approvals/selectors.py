@@ -16,15 +16,17 @@ def gate_list_for_user(user) -> QuerySet[Gate]:
 
 def gate_list_awaiting_user(user) -> QuerySet[Gate]:
     """Open gates this user may decide (their roles or groups are among the approvers)."""
-    from .services import assigned_gates
+    from .models import GateEligibility
+    from .services import assigned_gate_filter
 
-    principals = membership_for(user).principals()
+    membership = membership_for(user)
+    # Semi-joins (IN subqueries), not joins: no row is repeated, so no DISTINCT over wide rows.
+    eligible = GateEligibility.objects.filter(tenant_id=membership.tenant_id,
+                                              principal__in=membership.principals()).values("gate_id")
     return (
         gate_list_for_user(user)
-        .filter(Q(eligibility__principal__in=principals) | Q(pk__in=assigned_gates(user).values("pk")),
-                state=GateState.OPEN)
+        .filter(Q(pk__in=eligible) | assigned_gate_filter(user), state=GateState.OPEN)
         .exclude(decisions__approver=user)
-        .distinct()
         .order_by("deadline", "opened_at")
     )
 
@@ -42,3 +44,19 @@ def gate_assignees(gate: Gate) -> list[str]:
 
     return sorted(GateUserObjectPermission.objects.filter(content_object=gate, permission__codename="decide_gate")
                   .values_list("user__username", flat=True))
+
+
+def gate_list_with_progress(gates: QuerySet[Gate]) -> QuerySet[Gate]:
+    """`gates` annotated with `approvals_given` (distinct approvers of the current revision whose
+    approval is not voided) and `approvals_needed` (how many more release the gate, at least 0)."""
+    from django.db.models import Count, F, IntegerField, OuterRef, Subquery, Value
+    from django.db.models.functions import Coalesce, Greatest
+
+    from .choices import Outcome
+    from .models import Decision
+
+    given = (Decision.objects.filter(gate=OuterRef("pk"), gate_revision=OuterRef("revision"), outcome=Outcome.APPROVE,
+                                     voided_at__isnull=True)
+             .order_by().values("gate").annotate(n=Count("approver", distinct=True)).values("n"))
+    gates = gates.annotate(approvals_given=Coalesce(Subquery(given, output_field=IntegerField()), Value(0)))
+    return gates.annotate(approvals_needed=Greatest(F("required_approvals") - F("approvals_given"), Value(0)))

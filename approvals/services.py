@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import jsonschema
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 from guardian.shortcuts import assign_perm, get_objects_for_user
 
@@ -17,12 +18,13 @@ from gateway.clearances import member_of_tenant
 from gateway.engine import after_terminal, task_transition
 from gateway.errors import Conflict, ErrorCode, Forbidden, GatehouseError, NotFound
 from gateway.models import Artefact, Membership, TaskInstance
+from gateway.realtime import events as live
 from gateway.selectors import visible_to
 from gateway.spec import TaskSpec
 from gateway.storage import get_store, tenant_key
 
 from .choices import GateState, OnTimeout, Outcome
-from .models import Decision, Gate, GateEligibility, GateUserObjectPermission
+from .models import Decision, Gate, GateEligibility, GateGroupObjectPermission, GateUserObjectPermission
 
 
 def _set_eligibility(gate: Gate, principals) -> None:
@@ -67,6 +69,7 @@ def gate_open(task: TaskInstance) -> Gate:
     )
     _set_eligibility(gate, spec.approvers)
     audit_append(event="gate.opened", tenant_id=task.tenant_id, obj=gate, data={"run": str(task.run_id), "task": task.key})
+    live.gate_opened(gate)
     return gate
 
 
@@ -90,6 +93,7 @@ def _conclude(gate: Gate, task: TaskInstance, *, state: str, task_state: str, re
             classification=task.classification,
         )
     task_transition(task, task_state, transition_id=f"conclude:{gate.id}:{gate.revision}", reason=reason, actor=actor)
+    live.gate_closed(gate)
     after_terminal(task)
 
 
@@ -111,6 +115,18 @@ def assigned_gates(user):
     """Gates this user holds a per-object grant to decide (never a global grant, never as superuser)."""
     return get_objects_for_user(user, "approvals.decide_gate", klass=Gate.objects.all(),
                                 accept_global_perms=False, with_superuser=False)
+
+
+def assigned_gate_filter(user) -> Q:
+    """`pk IN` the gates of assigned_gates(user), read straight from the grant tables (user and group
+    grants, never global ones), for list filters: guardian's queryset wraps the same in a scan of
+    every gate of every tenant, which a list of open gates cannot afford."""
+    def granted(model, **who):
+        return model.objects.filter(permission__codename="decide_gate",
+                                    permission__content_type__app_label="approvals", **who).values("content_object_id")
+
+    return Q(pk__in=granted(GateUserObjectPermission, user=user)) | Q(pk__in=granted(GateGroupObjectPermission,
+                                                                                     group__user=user))
 
 
 def same_person(a, b) -> bool:
@@ -142,6 +158,7 @@ def gate_assign(*, gate: Gate, user, actor) -> None:
         assign_perm("approvals.decide_gate", user, gate)
         audit_append(event="gate.assigned", tenant_id=gate.tenant_id, actor=actor, obj=gate,
                      data={"user": user.get_username()})
+        live.gate_changed(gate)
 
 
 def gate_unassign(*, gate: Gate, user, actor) -> None:
@@ -153,6 +170,7 @@ def gate_unassign(*, gate: Gate, user, actor) -> None:
             raise NotFound("That member is not assigned to this gate.")
         audit_append(event="gate.unassigned", tenant_id=gate.tenant_id, actor=actor, obj=gate,
                      data={"user": user.get_username()})
+        live.gate_changed(gate)
 
 
 def _signer(actor, access_token: str | None):
@@ -253,6 +271,7 @@ def gate_decide(*, gate: Gate, actor, option: str, input_value=None, comment: st
                       "signature": base64.b64encode(bytes(signature.signature)).decode("ascii"),
                       "nonce": signature.nonce},
             )
+            live.gate_changed(gate)  # an approval recorded (a conclusive one also closes it, below)
             if decision.outcome == Outcome.REJECT:
                 rejecting = _standing(gate, Outcome.REJECT)
                 rejections = len(rejecting)
@@ -345,6 +364,8 @@ def _void(decision: Decision, gate: Gate, reason: str, actor=None) -> None:
     decision.save(update_fields=["voided_at", "void_reason"])
     audit_append(event="decision.voided", tenant_id=gate.tenant_id, actor=actor, obj=gate,
                  data={"decision": str(decision.id), "approver": decision.approver.get_username(), "reason": reason})
+    if gate.state == GateState.OPEN:
+        live.gate_changed(gate)  # approvals still needed changed
 
 
 def decisions_void_for(user, *, actor=None) -> int:
@@ -406,6 +427,8 @@ def gate_relabel(*, gate: Gate, classification: str, actor) -> Gate:
         audit_append(event="gate.revised", tenant_id=gate.tenant_id, actor=actor, obj=gate,
                      data={"before": before, "after": banner, "revision": gate.revision,
                            "tasks_raised": sorted(raised)})
+        live.gate_relabelled(gate, before)
+        live.task_states(TaskInstance.objects.filter(id__in=[tasks[k].id for k in raised]))  # their labels moved
     return gate
 
 
@@ -431,6 +454,7 @@ def gate_time_out(gate_id, now=None) -> str | None:
             task_transition(task, TaskState.AWAITING_DECISION, transition_id=f"escalate:{gate.id}",
                             reason="escalated to " + ", ".join(gate.escalate_to))
             audit_append(event="gate.escalated", tenant_id=gate.tenant_id, obj=gate, data={"to": gate.escalate_to})
+            live.gate_changed(gate)
             return "escalated"
         if gate.on_timeout == OnTimeout.EXPIRE:
             _conclude(gate, task, state=GateState.EXPIRED, task_state=TaskState.EXPIRED, reason="deadline passed")
@@ -449,4 +473,7 @@ def gates_time_out(now=None) -> int:
 
 
 def gate_close_cancelled(task: TaskInstance) -> None:
-    Gate.objects.filter(task=task, state=GateState.OPEN).update(state=GateState.CANCELLED, decided_at=timezone.now())
+    gates = list(Gate.objects.filter(task=task, state=GateState.OPEN).only("id", "run_id", "tenant_id", "classification"))
+    Gate.objects.filter(id__in=[g.id for g in gates]).update(state=GateState.CANCELLED, decided_at=timezone.now())
+    for gate in gates:
+        live.gate_closed(gate)

@@ -18,6 +18,7 @@ EVENTS = frozenset(
         "clearance.revoked",
         "member.synced",  # tenant, roles or groups taken from the identity provider changed
         "member.roles_changed",
+        "member.groups_changed",  # a tenant admin changed a member's approver groups
         "member.disabled",
         "member.enabled",
         "audit.key_created",
@@ -57,5 +58,8 @@ EVENTS = frozenset(
         "artefact.read",
         "audit.searched",
         "audit.exported",
+        "audit.export_requested",  # an export job queued from the portal
+        "audit.export_failed",  # an export job that could not write its bundle
+        "audit.export_downloaded",  # an export job's bundle downloaded
     }
 )

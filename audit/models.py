@@ -10,6 +10,8 @@
 - AuditCheckpoint: signed checkpoints (INSERT only), also written outside the database.
 - AuditKey: every key that ever signed a checkpoint, kept for verification after rotation.
 """
+import uuid
+
 from django.conf import settings
 from django.db import models
 
@@ -107,3 +109,39 @@ class AuditKey(models.Model):
     backend = models.CharField(max_length=16)  # file | vault
     created_at = models.DateTimeField(auto_now_add=True)
     retired_at = models.DateTimeField(null=True, blank=True)
+
+
+class AuditExportJob(models.Model):
+    """A signed export requested from the portal and written by a Celery task (audit/tasks.py):
+    the log of `tenant` (None: the global log, platform auditors only), one tar.gz under the var
+    directory once DONE. Readable by the tenant's auditors and platform auditors only."""
+
+    class State(models.TextChoices):
+        QUEUED = "QUEUED"
+        RUNNING = "RUNNING"
+        DONE = "DONE"
+        FAILED = "FAILED"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey("gateway.Tenant", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    since = models.DateTimeField(null=True, blank=True)
+    until = models.DateTimeField(null=True, blank=True)
+    state = models.CharField(max_length=8, choices=State.choices, default=State.QUEUED)
+    entries_written = models.BigIntegerField(default=0)
+    entries_total = models.BigIntegerField(null=True, blank=True)
+    error_code = models.CharField(max_length=64, blank=True)
+    error_message = models.CharField(max_length=500, blank=True)
+    file_name = models.CharField(max_length=200, blank=True)
+    file_size = models.BigIntegerField(null=True, blank=True)
+    file_sha256 = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # Each claim by a worker is a new attempt; only the current attempt may finish the job (a worker
+    # that was given up for dead and finishes late changes nothing).
+    attempt = models.PositiveIntegerField(default=0)
+    sent_at = models.DateTimeField(null=True, blank=True)  # the last time its message was sent
+
+    class Meta:
+        indexes = [models.Index(fields=["tenant", "created_at"])]

@@ -50,3 +50,38 @@ def audit_export_allowed(user, tenant: Tenant | None) -> bool:
     scope = audit_label_scope(user, tenant)
     entries = AuditEntry.objects.all() if tenant is None else AuditEntry.objects.filter(tenant=tenant)
     return not entries.exclude(label="").exclude(label__in=sorted(scope.banners)).exists()
+
+
+def audit_checkpoint_status(tenant: Tenant | None) -> dict:
+    """The latest signed checkpoint of `tenant`'s tree (None: the global log) and its checks: the
+    signature against every key that ever signed, the copy kept outside the database, and the log's
+    current root when the log has not grown since."""
+    from .canonical import rfc3339
+    from .models import AuditCheckpoint, AuditHead, AuditKey
+    from .note import NoteError, NoteVerifier, open_note
+    from .sequencer import GLOBAL, head_root, tenant_tree
+    from .witness import get_witness
+
+    tree = tenant_tree(tenant.id) if tenant else GLOBAL
+    checkpoint = AuditCheckpoint.objects.filter(tree=tree).order_by("-size").first()
+    if checkpoint is None:
+        return {"tree": tree, "checkpoint": None}
+    verifiers = [NoteVerifier(k) for k in AuditKey.objects.values_list("verifier_key", flat=True)]
+    try:
+        open_note(checkpoint.note.encode(), verifiers)
+        signature_valid = True
+    except NoteError:
+        signature_valid = False
+    outside = get_witness().read_all(tree).get(checkpoint.size)
+    head = AuditHead.objects.filter(tree=tree).first()
+    current_root = head_root(head).hex() if head else None
+    return {
+        "tree": tree, "size": checkpoint.size, "root": checkpoint.root, "key_id": checkpoint.key_id,
+        "time": rfc3339(checkpoint.created_at), "note": checkpoint.note,
+        "verification": {
+            "signature_valid": signature_valid,
+            "matches_copy_outside_database": outside == checkpoint.note.encode() if outside is not None else None,
+            "log_size": head.size if head else 0,
+            "root_matches_log": (current_root == checkpoint.root) if head and head.size == checkpoint.size else None,
+        },
+    }

@@ -17,7 +17,8 @@ HOW = (
     "Engine: a workflow `root` (`true`) → N tasks (`true`, each needing root) → `join` (`true`, needing all N), "
     "submitted with `gateway.services.run_submit`; the time runs from just before `run_submit` until the Run row "
     "is seen in a terminal state (polled every 20 ms). Raw Celery: the same N no-op tasks sent straight to the same "
-    "broker with one producer (as `gateway.dispatch.CeleryDispatcher` does); each runs the identical command "
+    "broker by the same function as `gateway.dispatch.CeleryDispatcher` sends a fan-out "
+    "(`gateway.dispatch.send_many`: one producer, pipelined batches of 100 broker commands); each runs the identical command "
     "(`/bin/sh -c true`) through the same `executors.local.LocalExecutor` (submit, wait, collect in a temporary "
     "work directory, then removed) and increments a Redis counter, without the engine's database bookkeeping "
     "(claim, transitions, artefacts, dependants, run close, and the audit entry that every transition and "
@@ -69,16 +70,16 @@ def _raw_round(ctx, n: int, argv: list[str], script: str | None, timeout: float)
     from django.conf import settings
 
     from bench.celery_tasks import raw_local_task
+    from gateway.dispatch import send_many
 
     client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
     key = f"bench:raw:{uuid.uuid4().hex}"
     work_root = str(Path(settings.GATEHOUSE_ENGINE["WORKDIR_ROOT"]) / "raw")
     interval = settings.GATEHOUSE_ENGINE["HEARTBEAT_SECONDS"]
-    app = raw_local_task.app
     start = time.perf_counter()
-    with app.producer_or_acquire() as producer:
-        for i in range(n):
-            raw_local_task.apply_async((key, f"raw/t{i}/1", argv, script, work_root, interval), producer=producer)
+    # Sent as the engine's dispatcher sends a fan-out (gateway.dispatch.CeleryDispatcher): one producer,
+    # pipelined batches.
+    send_many(raw_local_task, [(key, f"raw/t{i}/1", argv, script, work_root, interval) for i in range(n)])
     wait_for(lambda: int(client.get(key) or 0) >= n, timeout=timeout, interval=0.02,
              what=f"{n} raw Celery tasks to finish")
     elapsed = time.perf_counter() - start

@@ -7,8 +7,10 @@ Against the bench database (`gatehouse_bench`, emptied and migrated first: do no
 worker or broker is involved: a fan-out run root → N tasks → join is submitted, then its messages
 are executed in this process, single-threaded. A quarter of the fan-out is timed phase by phase
 (claim / run / finish, as `gateway.worker.task_execute` does them) with every SQL query captured; a
-quarter runs `task_execute` plainly; a quarter with the database connection closed before and after
-each task, as Celery's Django fixup does in the workers; the last quarter under cProfile.
+quarter runs `task_execute` between gateway.celery's prerun and postrun handlers, as a worker does
+(CPU of this process and of its PostgreSQL backend measured, Django's health checks counted); a
+quarter also with the database connection closed before and after each task, as Celery's Django
+fixup does without CELERY_DB_REUSE_MAX; the last quarter under cProfile.
 """
 from __future__ import annotations
 
@@ -66,16 +68,16 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=30)
     args = parser.parse_args()
 
-    from bench.run import _configure_environment
+    from bench import run as bench_run
 
-    _configure_environment()
+    bench_run._configure_environment()
     os.environ["GATEHOUSE_DISPATCHER"] = "gateway.dispatch.RecordingDispatcher"
     import django
 
     django.setup()
     from django.conf import settings
     from django.core.management import call_command
-    from django.db import connection
+    from django.db import DEFAULT_DB_ALIAS, connection, connections
     from django.test.utils import CaptureQueriesContext
 
     from bench.fanout import workflow
@@ -87,7 +89,7 @@ def main() -> int:
     BENCH_CLEARANCE = ClearanceInput(policy=None, max_level="TOP SECRET", compartments=[], releasability=[])
     from gateway.worker import task_claim, task_execute, task_finish, task_run
 
-    assert settings.DATABASES["default"]["NAME"] == "gatehouse_bench"
+    assert settings.DATABASES["default"]["NAME"] == bench_run.BENCH_DB
     call_command("migrate", interactive=False, verbosity=0)
     tag = uuid.uuid4().hex[:8]
     tenant = tenant_create(slug=f"profile-{tag}", name="Engine profile")
@@ -158,20 +160,54 @@ def main() -> int:
                 kinds[_kind(query["sql"])] += 1
                 kinds_ms[_kind(query["sql"])] += float(query["time"])
 
-    def whole(messages, *, close: bool) -> list[float]:
+    from gateway.celery import _after_task, _before_task
+
+    def backend_cpu() -> float:
+        """CPU seconds used so far by this connection's PostgreSQL backend (same machine)."""
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            pid = cursor.fetchone()[0]
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    health_checks = [0]
+
+    def counting(execute):
+        def wrapper(*args, **kwargs):
+            health_checks[0] += 1  # Django's health check: `SELECT 1`, a round trip
+            return execute(*args, **kwargs)
+        return wrapper
+
+    def whole(messages, *, close: bool) -> tuple[list[float], float, float, int]:
+        """task_execute as a Celery worker runs it: gateway.celery's prerun and postrun handlers
+        around it (close_old_connections, which keeps the connection and re-arms its health check);
+        with `close`, the connection is also closed before and after, as Celery's Django fixup
+        does without CELERY_DB_REUSE_MAX. Returns the times, this process's CPU per task (every
+        thread: the live-update sender's work is counted), the kept backend's CPU per task (not
+        measured with `close`) and Django's health checks (a round trip each)."""
         times = []
+        db = connections[DEFAULT_DB_ALIAS]
+        db.is_usable = counting(db.is_usable)
+        checks_before = health_checks[0]
+        cpu0, backend0 = time.process_time(), (None if close else backend_cpu())
         for task_id, attempt in messages:
             start = time.perf_counter()
             if close:  # what celery.fixups.django does before and after every task (Celery 5.5+)
                 connection.close()
+            _before_task(task_id=f"profile-{task_id}")
             task_execute(task_id, attempt)
+            _after_task()
             if close:
                 connection.close()
             times.append(time.perf_counter() - start)
-        return times
+        cpu = (time.process_time() - cpu0) / len(messages)
+        backend = None if close else (backend_cpu() - backend0) / len(messages)
+        del db.is_usable
+        return times, cpu, backend, health_checks[0] - checks_before
 
-    persistent_times = whole(plain, close=False)
-    reconnect_times = whole(reconnect, close=True)
+    persistent_times, persistent_cpu, persistent_backend, persistent_checks = whole(plain, close=False)
+    reconnect_times, reconnect_cpu, _, _ = whole(reconnect, close=True)
 
     profiler = cProfile.Profile()
     start = time.perf_counter()
@@ -188,17 +224,21 @@ def main() -> int:
     total = [sum(x) for x in zip(*phases.values())]
     print(f"\n== engine per task, in-process, single-threaded, fan-out of {len(fan)} ({run.state}) ==")
     print(f"run_submit of the {args.tasks + 2}-task run: {submit_ms:.0f} ms, {len(submit_q.captured_queries)} queries")
-    print(f"task_execute, {len(plain)} tasks, connection kept: median {median(persistent_times) * 1000:.2f} ms")
+    print(f"task_execute, {len(plain)} tasks, connection kept (gateway.celery's prerun/postrun around each): "
+          f"median {median(persistent_times) * 1000:.2f} ms; CPU per task: this process "
+          f"{persistent_cpu * 1000:.2f} ms, its PostgreSQL backend {persistent_backend * 1000:.2f} ms; "
+          f"Django health checks (SELECT 1, a round trip each) per task: {persistent_checks / len(plain):.2f}")
     print(f"task_execute, {len(reconnect)} tasks, connection closed before and after each (as Celery's Django "
-          f"fixup does): median {median(reconnect_times) * 1000:.2f} ms")
+          f"fixup does): median {median(reconnect_times) * 1000:.2f} ms; CPU per task: this process "
+          f"{reconnect_cpu * 1000:.2f} ms")
     print(f"{n} tasks timed phase by phase (queries captured): median {median(total) * 1000:.2f} ms, "
           f"p90 {percentile(total, 90) * 1000:.2f} ms")
     for name, values in phases.items():
         print(f"  {name:<7} median {median(values) * 1000:6.2f} ms")
     print(f"time inside SQL statements (excluding BEGIN/COMMIT): median {median(sql_total) * 1000:.2f} ms per task")
-    print(f"SQL round trips per task (with BEGIN/COMMIT/SAVEPOINT): median {median(per_task_queries):.0f} "
-          f"(min {min(per_task_queries)}, max {max(per_task_queries)})")
-    print("round trips per task by kind (count, time per task; BEGIN/COMMIT/SAVEPOINT times are Django's, to 1 ms):")
+    print(f"SQL statements per task (with BEGIN/COMMIT/SAVEPOINT): median {median(per_task_queries):.0f} "
+          f"(min {min(per_task_queries)}, max {max(per_task_queries)}); not counted: the health check above")
+    print("statements per task by kind (count, time per task; BEGIN/COMMIT/SAVEPOINT times are Django's, to 1 ms):")
     for kind, count in kinds.most_common():
         print(f"  {count / n:5.1f}  {kinds_ms[kind] / n * 1000:6.2f} ms  {kind}")
     print(f"fsync of a small file here: median {_fsync_ms():.2f} ms")

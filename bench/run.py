@@ -27,7 +27,8 @@ if str(ROOT) not in sys.path:
 
 from bench.common import VAR_DIR, machine_info, now_iso, write_results  # noqa: E402
 
-BENCHMARKS = ("gate_release", "decisions", "fanout", "spec_parse", "audit_append", "audit_verify")
+BENCHMARKS = ("gate_release", "decisions", "fanout", "spec_parse", "audit_append", "audit_verify", "live_updates",
+              "portal_inbox", "remote_dispatch", "slurm_submit")
 BENCH_DB = "gatehouse_bench"
 BENCH_REDIS_DB = 15
 
@@ -205,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
                              "instead (default 240 s)")
     parser.add_argument("--verify-synthetic", action="store_true",
                         help="audit_verify: build the bundle synthetically whatever the sequencer's rate")
+    parser.add_argument("--live-clients", type=int, default=1000, help="live_updates: websocket clients (default 1000)")
+    parser.add_argument("--live-commits", type=int, default=100, help="live_updates: measured commits (default 100)")
+    parser.add_argument("--inbox-gates", type=int, default=100_000, help="portal_inbox: open gates (default 100000)")
+    parser.add_argument("--chains", type=int, default=20, help="remote_dispatch: measured chains (default 20)")
     parser.add_argument("--docs-only", action="store_true", help="only regenerate docs/benchmarks.md")
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in BENCHMARKS]
@@ -262,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
             "append_rounds": args.append_rounds, "append_writers": args.append_writers, "backlog": args.backlog,
             "integration_target": args.integration_target, "verify_entries": args.verify_entries,
             "sequencer_budget": args.sequencer_budget, "verify_synthetic": args.verify_synthetic,
+            "live_clients": args.live_clients, "live_commits": args.live_commits, "inbox_gates": args.inbox_gates,
+            "chains": args.chains,
         }
         import importlib
 

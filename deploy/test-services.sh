@@ -64,3 +64,5 @@ log "PostgreSQL and Redis are up"
 
 # --- Slurm (the `slurm` executor's tests) ---------------------------------------------
 "$(dirname "$0")/test-slurm.sh" || log "Slurm could not be started: the slurm executor tests will skip"
+"$(dirname "$0")/test-browser.sh" || log "Chromium could not be installed: the browser tests will skip"
+"$(dirname "$0")/test-containers.sh" || log "podman could not run a container: the live container tests will skip"

@@ -183,6 +183,9 @@ class JobStatus:
     state: JobState
     exit_code: int | None = None
     reason: str = ""
+    #: The job ended through no fault of the task (preempted by the scheduler): the engine starts a
+    #: new attempt without counting a failure against the task's retries.
+    interrupted: bool = False
 
     @property
     def finished(self) -> bool:

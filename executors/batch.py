@@ -441,6 +441,7 @@ class BatchExecutor(RemoteExecutor):
             identity = f"profile:{profile_name}" if profile_name else "default-chain"
         account = f"{endpoint_url or 'aws'}|{self.region}|{identity}"
         self.bucket = _bucket_for(account, float(submit_rate), submit_burst)
+        self.poll_group = f"batch|{account}|{job_queue}"  # jobs polled together (the queue's tracker)
         self.tracker = BatchTracker.for_key(
             f"{account}|{job_queue}", self.client, status_of=batch_status, poll_interval=poll_interval,
             max_backoff=max_backoff, missing_grace=missing_grace, batch_size=describe_batch)

@@ -77,6 +77,8 @@ __all__ = [
     "container_argv",
     "container_env_file",
     "container_name",
+    "container_options",
+    "container_rm_argv",
     "find_container_runtime",
     "resolve_argv",
     "task_env",
@@ -297,9 +299,15 @@ def task_env(req: JobRequest, *, path: str = SAFE_PATH) -> dict[str, str]:
     return env
 
 
+#: Appended to the container runtime CLI's PATH: podman's network helper (netavark) runs
+#: ``iptables``/``nft`` found on PATH, and those live in the sbin directories.
+RUNTIME_PATH_EXTRA = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+
+
 def _runtime_env(path: str) -> dict[str, str]:
     """Environment of the container runtime CLI (not of the task)."""
-    env = {"PATH": path, "LANG": "C.UTF-8"}
+    dirs = path.split(os.pathsep)
+    env = {"PATH": os.pathsep.join(dirs + [d for d in RUNTIME_PATH_EXTRA if d not in dirs]), "LANG": "C.UTF-8"}
     for key in RUNTIME_ENV_PASSTHROUGH:
         if key in os.environ:
             env[key] = os.environ[key]
@@ -317,11 +325,44 @@ def _is_docker(runtime_path: str) -> bool:
     return os.path.basename(runtime_path).startswith("docker")
 
 
+#: The ``container.options`` a task may give podman or docker: limits and restrictions only.
+#: Whatever would widen what the container sees or may do (mounts, devices, added capabilities,
+#: ``--privileged``, host namespaces, another user) is refused, as is anything not listed.
+RUNTIME_OPTIONS = (
+    r"--read-only",
+    r"--init",
+    r"--network=none",
+    r"--cap-drop=[A-Za-z_]+",
+    r"--security-opt=no-new-privileges(?::true)?",
+    r"--memory=[0-9]+[bkmgBKMG]?",
+    r"--cpus=[0-9]+(?:\.[0-9]+)?",
+    r"--pids-limit=[0-9]+",
+    r"--shm-size=[0-9]+[bkmgBKMG]?",
+    r"--tmpfs=/[A-Za-z0-9_./-]*",
+    r"--pull=(?:never|missing|newer|always)",
+)
+
+
+def container_options(container: Mapping[str, Any], allowed: Sequence[str], runtime: str) -> list[str]:
+    """``container["options"]`` checked against ``allowed`` (full matches of these patterns), in
+    order; ``bad_request`` for anything else. Each option is one ``--name=value`` item."""
+    options = container.get("options") or []
+    if not isinstance(options, list) or not all(isinstance(o, str) for o in options):
+        raise _bad("container options must be a list of strings")
+    patterns = [re.compile(p) for p in allowed]
+    for option in options:
+        if not any(p.fullmatch(option) for p in patterns):
+            names = ", ".join(re.split(r"[(\[]", a, maxsplit=1)[0] for a in allowed)
+            raise _bad(f"container option {option!r} is not allowed with {runtime} (allowed: {names})")
+    return list(options)
+
+
 def container_argv(req: JobRequest, runtime_path: str) -> list[str]:
     """The exact command that runs ``req`` in a container (pure: no I/O).
 
     ``<runtime> run --rm --name <name> [--label gatehouse.<k>=<v>]... [--user U]
-    -v <workdir>:<workdir> -w <workdir> --env-file <workdir>/.gatehouse/env IMAGE argv...``
+    -v <workdir>:<workdir> -w <workdir> --env-file <workdir>/.gatehouse/env [options] IMAGE argv...``
+    (``options``: ``container["options"]``, each allowed by :data:`RUNTIME_OPTIONS`).
 
     The work dir is mounted at the same path, so ``{script}`` and output paths mean the same
     inside and out. ``--name`` lets a cancel remove the container. With docker, the container
@@ -347,7 +388,9 @@ def container_argv(req: JobRequest, runtime_path: str) -> list[str]:
         user = f"{os.getuid()}:{os.getgid()}" if _is_docker(runtime_path) else None
     if user:
         cmd += ["--user", str(user)]
-    cmd += ["-v", f"{workdir}:{workdir}", "-w", workdir, "--env-file", _env_file_path(workdir), image]
+    cmd += ["-v", f"{workdir}:{workdir}", "-w", workdir, "--env-file", _env_file_path(workdir)]
+    cmd += container_options(container, RUNTIME_OPTIONS, os.path.basename(runtime_path))
+    cmd.append(image)
     cmd += resolve_argv(req, allow_empty=True)
     return cmd
 
@@ -382,11 +425,18 @@ def find_container_runtime(container: Mapping[str, Any]) -> str:
     )
 
 
+def container_rm_argv(runtime: str, name: str) -> list[str]:
+    """Stop (SIGKILL, at once) and remove a container. The task has already had SIGTERM and the
+    executor's grace through the CLI; podman's ``rm -f`` would otherwise wait its 10 s stop
+    timeout first, while docker's ``rm -f`` kills at once and has no ``--time``."""
+    return [runtime, "rm", "-f", name] if _is_docker(runtime) else [runtime, "rm", "-f", "--time", "0", name]
+
+
 def _remove_container(runtime: str, name: str, path: str) -> None:
     """Best effort: the container may already be gone (``--rm``)."""
     try:
         subprocess.run(
-            [runtime, "rm", "-f", name],
+            container_rm_argv(runtime, name),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

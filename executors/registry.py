@@ -9,6 +9,7 @@ Pure Python: must not import Django.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from collections.abc import Callable
@@ -52,7 +53,8 @@ def known_backends() -> frozenset[str]:
 
 
 def _config_key(config: dict[str, Any]) -> str:
-    return json.dumps(config, sort_keys=True, default=repr)
+    # A digest, not the text: a configuration may carry a tenant's credentials (kept in memory only).
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=repr).encode()).hexdigest()
 
 
 def get_executor(name: str, **config: Any) -> Executor:

@@ -20,6 +20,9 @@ class RemoteExecutor(Executor):
 
     synchronous = False
     timeout_grace: float = 120.0
+    #: Jobs that one backend query answers together (a cluster, a queue): the engine's poller
+    #: polls each group once per round, under one lock.
+    poll_group: str = ""
 
     def wait(
         self,

@@ -28,7 +28,8 @@ a new attempt in a new work dir, and a Slurm requeue would run the same attempt 
 
 Slurm states map to :class:`JobState` (see :func:`record_status`): ``COMPLETED`` -> SUCCEEDED
 (FAILED when the exit code is not 0), ``FAILED`` / ``OUT_OF_MEMORY`` / ``NODE_FAIL`` /
-``BOOT_FAIL`` / ``PREEMPTED`` -> FAILED with the reason, ``TIMEOUT`` / ``DEADLINE`` -> TIMED_OUT,
+``BOOT_FAIL`` / ``PREEMPTED`` -> FAILED with the reason (``PREEMPTED`` marked ``interrupted``: the engine
+starts a new attempt counting no failure; PENDING when ``requeue`` lets Slurm requeue it), ``TIMEOUT`` / ``DEADLINE`` -> TIMED_OUT,
 ``CANCELLED`` -> CANCELLED, ``REQUEUED`` and pending states -> PENDING ("requeued n times"),
 ``REVOKED`` -> LOST; a job Slurm no longer knows -> LOST.
 
@@ -62,12 +63,13 @@ from .base import (
     JobStatus,
     sanitize_job_key,
 )
-from .local import SAFE_PATH, resolve_argv, task_env
+from .local import RUNTIME_OPTIONS, SAFE_PATH, container_options, resolve_argv, task_env
 from .remote import RemoteExecutor
 from .workdir import CONTROL_DIR, _abs_workdir, _ensure_private_dir, check_inputs, collect_workdir, prepare_workdir
 from .slurm_tracker import SlurmTracker
 
 __all__ = [
+    "APPTAINER_OPTIONS",
     "DEFAULT_CONTAINER_WRAPPER",
     "SlurmCommandError",
     "SlurmCommands",
@@ -190,6 +192,7 @@ class SlurmCommands:
         self.slurm_conf = slurm_conf
         self.calls: dict[str, int] = {}
         self._calls_lock = threading.Lock()
+        self.extra_env: dict[str, str] = {}
 
     def program(self, name: str) -> str:
         return os.path.join(self.bin_dir, name) if self.bin_dir else name
@@ -221,6 +224,7 @@ class SlurmCommands:
         env = {"PATH": self.path, "LANG": "C.UTF-8"}
         if self.slurm_conf:
             env["SLURM_CONF"] = self.slurm_conf
+        env.update(self.extra_env)
         if self.ssh is not None:
             for key in ("HOME", "USER", "LOGNAME", "SSH_AUTH_SOCK"):
                 if key in os.environ:
@@ -483,11 +487,38 @@ def sbatch_options(
     return options
 
 
+#: The ``container.options`` a task may give apptainer or singularity: GPU support and
+#: isolation only (binds, overlays, ``--writable`` images or another user are refused).
+APPTAINER_OPTIONS = (
+    r"--nv",
+    r"--rocm",
+    r"--cleanenv",
+    r"--contain",
+    r"--containall",
+    r"--no-home",
+    r"--no-privs",
+    r"--writable-tmpfs",
+)
+
+
+def _wrapper_options(container: Mapping[str, Any], wrapper: Sequence[str]) -> list[str]:
+    """``container["options"]`` allowed for the wrapper's program: apptainer's or podman's list;
+    a site's own wrapper takes none."""
+    program = os.path.basename(wrapper[0]) if wrapper else ""
+    if program in ("apptainer", "singularity"):
+        return container_options(container, APPTAINER_OPTIONS, program)
+    if program in ("podman", "docker"):
+        return container_options(container, RUNTIME_OPTIONS, program)
+    if container.get("options"):
+        raise _bad(f"the cluster's container wrapper {program!r} takes no task options")
+    return []
+
+
 def container_command(req: JobRequest, wrapper: Sequence[str] = DEFAULT_CONTAINER_WRAPPER) -> list[str]:
     """The command that runs ``req`` in its container on the compute node (pure).
 
-    ``wrapper`` (``{workdir}`` replaced), then the image, then the task's argv:
-    ``apptainer exec --bind W --pwd W IMAGE argv...``.
+    ``wrapper`` (``{workdir}`` replaced), then the task's allowed ``container.options``, then the
+    image, then the task's argv: ``apptainer exec --bind W --pwd W [options] IMAGE argv...``.
     """
     container = req.container or {}
     image = container.get("image")
@@ -496,7 +527,8 @@ def container_command(req: JobRequest, wrapper: Sequence[str] = DEFAULT_CONTAINE
     workdir = _abs_workdir(req)
     if ":" in workdir or "," in workdir:
         raise _bad(f"workdir {workdir!r} cannot be bound into a container (contains ':' or ',')")
-    return [w.replace("{workdir}", workdir) for w in wrapper] + [image] + resolve_argv(req, allow_empty=True)
+    return ([w.replace("{workdir}", workdir) for w in wrapper] + _wrapper_options(container, wrapper) + [image]
+            + resolve_argv(req, allow_empty=True))
 
 
 def _task_command(req: JobRequest, wrapper: Sequence[str]) -> list[str]:
@@ -741,7 +773,7 @@ def record_status(record: Mapping[str, Any]) -> JobStatus:
         what = _FAILED_REASONS[state]
         where = f" on {nodes}" if nodes and state in ("NODE_FAIL", "BOOT_FAIL") else ""
         text = f"{what}{where}, {_exit_text(code)}" if what else _exit_text(code)
-        return JobStatus(JobState.FAILED, code, text + slurm_reason)
+        return JobStatus(JobState.FAILED, code, text + slurm_reason, interrupted=state == "PREEMPTED")
     if state == "REVOKED":
         return JobStatus(JobState.LOST, None, "revoked: the job ran on another cluster of the federation")
     return JobStatus(JobState.UNKNOWN, code, f"unrecognised Slurm state {state!r}{slurm_reason}")
@@ -801,6 +833,7 @@ class SlurmExecutor(RemoteExecutor):
         requeue: bool = False,
         timeout_grace: float = 120.0,
         driver: str = "auto",
+        credentials: Mapping[str, str] | None = None,
     ) -> None:
         if not cluster or any(c.isspace() for c in cluster):
             raise _bad(f"invalid cluster name {cluster!r}")
@@ -819,6 +852,11 @@ class SlurmExecutor(RemoteExecutor):
         self.submit_wait = float(submit_wait)
         self.commands = SlurmCommands(ssh=target, bin_dir=bin_dir, timeout=command_timeout, path=path,
                                       slurm_conf=slurm_conf)
+        # The tenant's credentials for this cluster (executors.credentials, read at dispatch): a
+        # ``slurm_jwt`` goes to the tools' environment as SLURM_JWT (Slurm's auth/jwt), nowhere else.
+        jwt = (credentials or {}).get("slurm_jwt")
+        if jwt:
+            self.commands.extra_env = {"SLURM_JWT": str(jwt)}
         self.bucket = _bucket_for(cluster, submit_rate, submit_burst)
         self.tracker = SlurmTracker.for_cluster(cluster, self.commands, poll_interval=poll_interval,
                                                 max_backoff=max_backoff)
@@ -924,6 +962,11 @@ class SlurmExecutor(RemoteExecutor):
         self.tracker.track([h.external_id for h in handles])
         return handles
 
+    @property
+    def poll_group(self) -> str:
+        """Jobs polled together by one query (the cluster's tracker)."""
+        return f"slurm|{self.cluster}"
+
     def _handle(self, key: str, job_id: str, req: JobRequest, log_path: str, *, array: int | None) -> JobHandle:
         data: dict[str, Any] = {
             "cluster": self.cluster,
@@ -960,7 +1003,10 @@ class SlurmExecutor(RemoteExecutor):
                 out[handle.external_id] = JobStatus(JobState.UNKNOWN, None, why)
             else:
                 ours.append(handle.external_id)
-        out.update(self.tracker.statuses(ours))
+        for key, status in self.tracker.statuses(ours).items():
+            if status.interrupted and self.requeue:  # Slurm requeues a preempted job it may requeue
+                status = JobStatus(JobState.PENDING, None, f"{status.reason}; requeued by Slurm")
+            out[key] = status
         return out
 
     def reattach(self, handle: JobHandle) -> JobStatus:

@@ -26,7 +26,10 @@ from typing import Any, ClassVar
 
 from .base import FINISHED_STATES, JobState, JobStatus
 
-__all__ = ["StatusTracker"]
+__all__ = ["NOT_QUERIED", "StatusTracker"]
+
+#: The reason of a job's UNKNOWN status before the tracker's first query that includes it.
+NOT_QUERIED = "not queried yet"
 
 
 class StatusTracker:
@@ -107,7 +110,7 @@ class StatusTracker:
             if force or time.monotonic() >= max(self._next_query, self._last_query + self.poll_interval):
                 if any(k not in self._status or not self._status[k].finished for k in self._tracked):
                     self._refresh()
-            return {k: self._status.get(k, JobStatus(JobState.UNKNOWN, None, "not queried yet")) for k in keys}
+            return {k: self._status.get(k, JobStatus(JobState.UNKNOWN, None, NOT_QUERIED)) for k in keys}
 
     def _refresh(self) -> None:  # pragma: no cover - abstract
         """Ask the backend about the open keys (called with the lock held)."""

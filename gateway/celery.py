@@ -17,6 +17,9 @@ def _schedule_reconciler(sender, **kwargs):
 
     interval = settings.GATEHOUSE_ENGINE["RECONCILE_INTERVAL_SECONDS"]
     sender.add_periodic_task(interval, sender.signature("gateway.tasks.reconcile_task"), name="reconcile")
+    poll = settings.GATEHOUSE_ENGINE.get("REMOTE_POLL_SECONDS", 0)
+    if poll:  # the remote-job poller; a round with no slurm or batch backend configured is one query
+        sender.add_periodic_task(poll, sender.signature("gateway.tasks.remote_poll_task"), name="remote-poll")
 
 
 @worker_init.connect

@@ -31,6 +31,7 @@ from .labels import (
     parse_label,
 )
 from .models import ClassificationLabel, Clearance, ClearanceStatus, Membership, Tenant
+from .realtime import events as live
 
 
 @lru_cache(maxsize=1)
@@ -111,11 +112,13 @@ def workflow_labels(workflow) -> WorkflowLabels:
 
 def labels_register(tenant_id: int, labels) -> None:
     """Record the labels in the tenant's register (idempotent), so readers can be matched to them."""
-    ClassificationLabel.objects.bulk_create(
-        [ClassificationLabel(tenant_id=tenant_id, policy=label.policy.name, banner=format_label(label),
-                             digest=label.digest()) for label in set(labels)],
-        ignore_conflicts=True,
-    )
+    rows = [ClassificationLabel(tenant_id=tenant_id, policy=label.policy.name, banner=format_label(label),
+                                digest=label.digest()) for label in set(labels)]
+    known = set(ClassificationLabel.objects.filter(tenant_id=tenant_id, digest__in=[r.digest for r in rows])
+                .values_list("digest", flat=True))
+    ClassificationLabel.objects.bulk_create(rows, ignore_conflicts=True)
+    if any(r.digest not in known for r in rows):
+        live.tenant_recheck(tenant_id)  # open sockets cleared for a new label join its group
 
 
 # --------------------------------------------------------------------------- clearances
@@ -226,6 +229,7 @@ def clearance_set(*, tenant: Tenant, user, data: ClearanceInput, actor=None) -> 
         audit_append(event="clearance.granted" if before is None else "clearance.changed", tenant=tenant,
                      actor=actor, object_type="clearance", object_id=str(row.pk),
                      data={"user": user.get_username(), "before": before, "after": _snapshot(row)})
+        live.user_recheck(user.pk)  # the member's open pages recompute what they may receive
         _void_approvals(user, actor)
     return row
 
@@ -248,5 +252,6 @@ def clearance_revoke(*, tenant: Tenant, clearance: Clearance, actor=None) -> Cle
         audit_append(event="clearance.revoked", tenant=tenant, actor=actor, object_type="clearance",
                      object_id=str(row.pk), data={"user": row.user.get_username(), "before": before,
                                                   "after": _snapshot(row)})
+        live.user_recheck(row.user_id)
         _void_approvals(row.user, actor)
     return row

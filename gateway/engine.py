@@ -19,8 +19,9 @@ from django.utils import timezone
 from audit.services import audit_append, audit_append_many
 
 from .choices import ALLOWED_TRANSITIONS, RUN_TERMINAL, TASK_TERMINAL, RunState, TaskKind, TaskState
-from .dispatch import dispatch_on_commit
+from .dispatch import cancel_remote_on_commit, dispatch_on_commit
 from .models import Run, TaskInstance, TaskTransition
+from .realtime import events as live
 
 
 class InvalidTransition(Exception):
@@ -48,6 +49,9 @@ def task_transition(
         raise InvalidTransition(task, to_state)
     if not _record(task, to_state, transition_id, fields.get("attempt", task.attempt), reason, actor):
         return False
+    # A task cancelled while its job runs on a remote backend: that job is stopped after commit.
+    remote_job = fields.get("external", task.external) if (
+        to_state == TaskState.CANCELLED and task.state == TaskState.RUNNING) else None
     now = timezone.now()
     changed = {"state", "reason", "state_changed_at", *fields}
     task.state = to_state
@@ -61,12 +65,15 @@ def task_transition(
         setattr(task, name, value)
     if save:
         task.save(update_fields=sorted(changed))
+    if isinstance(remote_job, dict) and remote_job.get("phase") in ("submitting", "submitted", "collecting"):
+        cancel_remote_on_commit(task.id, remote_job.get("attempt", task.attempt))
     audit_append(
         event="task.transition", tenant_id=task.tenant_id, actor=actor, object_type="task", object_id=str(task.id),
         label=task.classification,
         data={"run": str(task.run_id), "task": task.key, "to": to_state, "attempt": task.attempt,
               "transition": transition_id, "reason": reason[:500]},
     )
+    live.task_states([task])  # after commit, off this thread (gateway/realtime)
     return True
 
 
@@ -133,6 +140,7 @@ def _bulk_transition(tasks: list[TaskInstance], to_state: str, *, id_prefix: str
     if to_state in TASK_TERMINAL:
         update["finished_at"] = now
     TaskInstance.objects.filter(id__in=[t.id for t in tasks]).update(**update)
+    live.task_states(tasks)
 
 
 def make_ready(tasks: list[TaskInstance]) -> None:
@@ -225,6 +233,7 @@ def run_close_if_done(run_id) -> Run | None:
     run.finished_at = timezone.now()
     run.save(update_fields=["state", "reason", "finished_at"])
     audit_append(event="run.finished", tenant_id=run.tenant_id, obj=run, data={"state": run.state, "reason": run.reason[:500]})
+    live.run_state(run)
     return run
 
 

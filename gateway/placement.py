@@ -19,23 +19,35 @@ refuses the whole run (400 no_backend_for_label, naming each task and its label)
 nowhere to go, before anything is written, and returns the backend chosen for each task (stored in
 TaskInstance.backend). `placement_check` runs again at dispatch, against the tenant's configuration
 as it is then (a ceiling may have been lowered, a backend disabled or removed since).
+
+At dispatch the worker's claim statement (gateway/worker_sql.py) also reads which configuration
+the tenant has now: its document's id, revision and digest (`backends_configure` bumps the
+revision in the transaction that rewrites the rows), or none. `placement_check` then takes the
+parsed backends from a per-process cache keyed by that (and by the label registry), so a task on
+an unchanged configuration costs no query; a configuration changed before the claim has a new key
+and is read again, so a lowered ceiling or a disabled backend stops the next task claimed after the
+change, as before.
 """
 from __future__ import annotations
 
-from collections import Counter
+import threading
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.db.models import Count
 
-from executors.backends import Backend, tenant_backends
+from executors.backends import Backend, builtin_backends, tenant_backends
 from executors.base import ExecutorError
+from executors.registry import known_backends
 
 from .choices import TaskKind, TaskState
 from .clearances import label_registry
 from .errors import ErrorCode, GatehouseError
 from .labels import Label, LabelError, dominates, format_label, parse_label
 
-__all__ = ["PlacementRefused", "hosts", "placement_check", "placement_choose", "placement_plan"]
+__all__ = ["UNREAD", "PlacementRefused", "hosts", "placement_check", "placement_choose", "placement_forget",
+           "placement_plan"]
 
 _BUSY = (TaskState.QUEUED, TaskState.RUNNING)
 
@@ -127,11 +139,60 @@ def placement_plan(*, tenant, workflow, labels) -> dict[str, str]:
     return chosen
 
 
-def placement_check(task) -> Backend:
+#: `placement_check(configuration=...)` when the caller did not read the tenant's configuration key.
+UNREAD = object()
+
+_CACHE_SIZE = 256
+_cache_lock = threading.Lock()
+_configured: OrderedDict = OrderedDict()  # (tenant, configuration key, label registry) -> backends
+
+
+def _backends_for(tenant_id: int, configuration) -> list[Backend]:
+    """The tenant's backends at `configuration`, the key the claim read (None: no configuration)."""
+    registry = label_registry()
+    if configuration is None:
+        # Settings and this process's executor registry only (no query); the key follows them.
+        key = ("builtin", settings.GATEHOUSE_BACKEND_DEFAULT_CEILING, registry, known_backends())
+    else:
+        key = (tenant_id, configuration, registry)
+    with _cache_lock:
+        backends = _configured.get(key)
+        if backends is not None:
+            _configured.move_to_end(key)
+            return backends
+    if configuration is None:
+        backends = builtin_backends()
+    else:
+        # Read now, after the claim that saw `configuration`: the rows are that revision or a later
+        # one (a later one is at least as current as what the key names).
+        backends, configured = tenant_backends(tenant_id)
+        if not configured:  # removed since (not something the services do): nothing is cached
+            return backends
+    with _cache_lock:
+        _configured[key] = backends
+        while len(_configured) > _CACHE_SIZE:
+            _configured.popitem(last=False)
+    return backends
+
+
+def placement_forget() -> None:
+    """Drop the per-process cache of parsed configurations (tests)."""
+    with _cache_lock:
+        _configured.clear()
+
+
+def placement_check(task, *, configuration=UNREAD) -> Backend:
     """At dispatch, against the tenant's configuration now: the task's backend still exists, is
     enabled and may host the task's label. Returns it (kind and config for the executor), or raises
-    PlacementRefused (code no_backend_for_label or backend_unavailable)."""
-    backends, _ = tenant_backends(task.tenant_id)
+    PlacementRefused (code no_backend_for_label or backend_unavailable).
+
+    `configuration` is the key of the tenant's configuration read by the caller in the claim's own
+    statement (gateway/worker_sql.py: "<id>:<revision>:<digest>", or None when the tenant has none);
+    without it the configuration is read here."""
+    if configuration is UNREAD:
+        backends, _ = tenant_backends(task.tenant_id)
+    else:
+        backends = _backends_for(task.tenant_id, configuration)
     backend = next((b for b in backends if b.name == task.backend), None)
     where = f"task {task.key!r} ({task.classification})"
     if backend is None:

@@ -1,7 +1,10 @@
 """The periodic reconciler: recovers what a crash or a lost message left behind.
 
 - a RUNNING task whose lease expired lost its worker: a new attempt is dispatched
-  (or the task fails after MAX_RECOVERIES);
+  (or the task fails after MAX_RECOVERIES); but a task whose job runs on a remote backend lost
+  its poller, not its job: the job is polled again (reattached), its lost collect message sent
+  again, or, when its worker died during the submission, the job is adopted by name (a new
+  attempt only when the backend has no such job) (gateway/remote.py);
 - a QUEUED task nobody claimed within DISPATCH_TIMEOUT lost its message: a new attempt;
 - a RETRY_WAIT task past due lost its countdown message: it is requeued;
 - an open gate past its deadline gets its on_timeout.
@@ -26,6 +29,7 @@ from .choices import TaskState
 from .dispatch import dispatch_on_commit
 from .engine import after_terminal, task_transition
 from .models import TaskInstance
+from .remote import SUBMITTING, is_remote, remote_adopt, remote_poll
 from .worker import task_requeue
 
 log = logging.getLogger(__name__)
@@ -59,7 +63,18 @@ def recover_lost_workers(now) -> int:
             task = _locked(task_id)
             if task is None or task.state != TaskState.RUNNING or not task.lease_expires_at or task.lease_expires_at >= now:
                 continue
-            _kill_orphan(task)
+            if is_remote(task.external) and task.external.get("attempt") == task.attempt:
+                if task.external["phase"] != SUBMITTING:
+                    continue  # a dead poller, not a dead job: reattach_remote_jobs
+                adopted = remote_adopt(task)
+                if adopted != "absent":
+                    if adopted == "adopted":
+                        audit_append(event="task.recovered", tenant_id=task.tenant_id, obj=task,
+                                     data={"reason": "job adopted after its worker was lost", "attempt": task.attempt})
+                        count += 1
+                    continue
+            else:
+                _kill_orphan(task)
             reason = f"worker {task.worker} lost (lease expired)"
             if task.recoveries >= settings.GATEHOUSE_ENGINE["MAX_RECOVERIES"]:
                 task_transition(task, TaskState.FAILED, transition_id=f"recover:{task.id}:{task.attempt}", reason=reason)
@@ -80,6 +95,13 @@ def recover_lost_workers(now) -> int:
             audit_append(event="task.recovered", tenant_id=task.tenant_id, obj=task, data={"reason": reason, "attempt": task.attempt})
             count += 1
     return count
+
+
+def reattach_remote_jobs(now) -> int:
+    """Remote jobs whose lease expired: their poller is gone; poll them here (one query per
+    cluster or queue), or send their lost collect message again."""
+    counts = remote_poll(expired_before=now)
+    return counts.get("running", 0) + counts.get("finished", 0) + counts.get("collect_resent", 0)
 
 
 def redispatch_lost_messages(now) -> int:
@@ -114,11 +136,14 @@ def requeue_overdue_retries(now) -> int:
 @dbscope.system_scope()  # every tenant's tasks and gates, from whichever process calls it
 def reconcile(now=None) -> dict[str, int]:
     from approvals.services import gates_time_out
+    from audit.export_jobs import export_jobs_recover
 
     now = now or timezone.now()
     return {
         "lost_workers": recover_lost_workers(now),
+        "remote_reattached": reattach_remote_jobs(now),
         "lost_messages": redispatch_lost_messages(now),
         "overdue_retries": requeue_overdue_retries(now),
         "gate_timeouts": gates_time_out(now),
+        "audit_exports": export_jobs_recover(now),
     }

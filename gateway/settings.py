@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -56,6 +57,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "gateway.portal.headers.SecurityHeadersMiddleware",  # Content-Security-Policy, Cache-Control: no-store
     "audit.context.AuditContextMiddleware",  # first: every later refusal is recorded with its request
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -137,6 +139,8 @@ SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = PROFILE == "production"
 X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True  # with the CSP and no-store of gateway/portal/headers.py
+SECURE_REFERRER_POLICY = "same-origin"
 CSRF_FAILURE_VIEW = "gateway.portal.csrf_failure"  # refused and audited
 
 # Identity. MODE "oidc": Keycloak (bearer tokens on the API, OpenID Connect login on the portal, users
@@ -240,6 +244,37 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # which honours CONN_MAX_AGE and CONN_HEALTH_CHECKS.
 CELERY_DB_REUSE_MAX = env.int("GATEHOUSE_WORKER_DB_REUSE_MAX", default=1000)
 
+# Live updates (gateway/realtime/). channels-redis when GATEHOUSE_CHANNEL_LAYER_URL is set, or when the
+# broker is Redis (the same server); its pub/sub layer: one PUBLISH per message, fanned out to the sockets
+# inside each server process. Without Redis (the embedded default), Channels' in-memory layer, which
+# reaches only the sockets of its own process; the other processes publish through a relay on the
+# filesystem that the ASGI process drains (gateway/realtime/relay.py), so run ONE ASGI process then.
+_channel_url = env.str("GATEHOUSE_CHANNEL_LAYER_URL", default="") or (
+    CELERY_BROKER_URL if CELERY_BROKER_URL.startswith(("redis://", "rediss://")) else "")
+# Redis pub/sub channels ignore the database number: the prefix carries it, so that deployments (or test
+# runs) on different databases of one Redis server never hear each other.
+_channel_db = (urlsplit(_channel_url).path.strip("/") or "0") if _channel_url else ""
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        "CONFIG": {"hosts": [_channel_url],
+                   "prefix": env.str("GATEHOUSE_CHANNEL_LAYER_PREFIX", default=f"gatehouse-db{_channel_db}")},
+    } if _channel_url else {"BACKEND": "channels.layers.InMemoryChannelLayer"}
+}
+GATEHOUSE_LIVE = {
+    # Each message's send to the layer, at most (the sender thread's, never a transaction's).
+    "PUBLISH_TIMEOUT_SECONDS": env.float("GATEHOUSE_LIVE_PUBLISH_TIMEOUT_SECONDS", default=0.5),
+    # After a failed send, messages are dropped (not queued) for this long.
+    "BACKOFF_SECONDS": env.float("GATEHOUSE_LIVE_BACKOFF_SECONDS", default=5.0),
+    "QUEUE_MAX_BATCHES": env.int("GATEHOUSE_LIVE_QUEUE_MAX_BATCHES", default=10_000),
+    # A socket re-checks its session and groups at least this often (±20 %); changes made through the
+    # services (clearances, roles, accounts, logouts) reach it at once anyway.
+    "RECHECK_SECONDS": env.float("GATEHOUSE_LIVE_RECHECK_SECONDS", default=300.0),
+    "RELAY_DIR": env.str("GATEHOUSE_LIVE_RELAY_DIR", default=str(VAR_DIR / "live-relay")),
+    "RELAY_POLL_SECONDS": env.float("GATEHOUSE_LIVE_RELAY_POLL_SECONDS", default=0.05),
+    "RELAY_MAX_AGE_SECONDS": env.float("GATEHOUSE_LIVE_RELAY_MAX_AGE_SECONDS", default=30.0),
+}
+
 # Artefacts: files on disk by default; S3 when a bucket is configured.
 _s3_bucket = env.str("GATEHOUSE_ARTEFACT_S3_BUCKET", default="")
 GATEHOUSE_ARTEFACT_STORE = (
@@ -270,6 +305,14 @@ GATEHOUSE_ENGINE = {
     "MAX_RECOVERIES": env.int("GATEHOUSE_MAX_RECOVERIES", default=3),
     # gateway.dispatch.CeleryDispatcher or gateway.dispatch.RecordingDispatcher (tests).
     "DISPATCHER": env.str("GATEHOUSE_DISPATCHER", default="gateway.dispatch.CeleryDispatcher"),
+    # Remote jobs (slurm, batch; gateway/remote.py): the poller's round, how long a job may stay UNKNOWN
+    # before it is confirmed or LOST, how long a submission may take before recovery looks for its job,
+    # and the back-off while a backend's credentials cannot be read (first wait, longest wait).
+    "REMOTE_POLL_SECONDS": env.float("GATEHOUSE_REMOTE_POLL_SECONDS", default=5.0),
+    "REMOTE_UNKNOWN_SECONDS": env.float("GATEHOUSE_REMOTE_UNKNOWN_SECONDS", default=600.0),
+    "REMOTE_SUBMIT_GRACE_SECONDS": env.float("GATEHOUSE_REMOTE_SUBMIT_GRACE_SECONDS", default=60.0),
+    "CREDENTIALS_RETRY_SECONDS": env.float("GATEHOUSE_CREDENTIALS_RETRY_SECONDS", default=5.0),
+    "CREDENTIALS_RETRY_MAX_SECONDS": env.float("GATEHOUSE_CREDENTIALS_RETRY_MAX_SECONDS", default=300.0),
 }
 
 # Limits on workflow files (hostile input is refused before it costs memory or time).
@@ -316,6 +359,12 @@ GATEHOUSE_AUDIT = {
     "SEQUENCER_BATCH": env.int("GATEHOUSE_AUDIT_SEQUENCER_BATCH", default=5000),
     # An entry placed longer than this after its action is reported by the verifier as backdated.
     "MAX_INTEGRATION_LAG_SECONDS": env.int("GATEHOUSE_AUDIT_MAX_INTEGRATION_LAG_SECONDS", default=3600),
+    # Export jobs (audit/export_jobs.py): a RUNNING job with no sign of life for this long is given up
+    # and queued again, at most EXPORT_MAX_ATTEMPTS attempts in all; a QUEUED job's message is sent
+    # again after EXPORT_RESEND_SECONDS (a lost message; a repeated one is a no-op).
+    "EXPORT_STALE_SECONDS": env.float("GATEHOUSE_AUDIT_EXPORT_STALE_SECONDS", default=900.0),
+    "EXPORT_MAX_ATTEMPTS": env.int("GATEHOUSE_AUDIT_EXPORT_MAX_ATTEMPTS", default=3),
+    "EXPORT_RESEND_SECONDS": env.float("GATEHOUSE_AUDIT_EXPORT_RESEND_SECONDS", default=120.0),
 }
 
 # Signatures on gate decisions (approvals/signing/).

@@ -6,7 +6,8 @@ from approvals.api import keys as key_api
 from approvals.api import views as gate_views
 from audit.api import views as audit_views
 from executors.api import views as backend_api
-from gateway import auth_views, portal
+from gateway import auth_views
+from gateway.portal import urls as portal_urls
 from gateway.api import clearances as clearance_api
 from gateway.api import views as api
 from gateway.identity import urls as identity_urls
@@ -67,7 +68,5 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
-    path("", portal.home, name="home"),
-    path("runs/<uuid:run_id>/", portal.run_page, name="run-page"),
-    path("gates/<uuid:gate_id>/", portal.gate_page, name="gate-page"),
+    path("", include(portal_urls)),
 ]

@@ -28,17 +28,17 @@ from executors.base import (
     OutputRequest,
     StagedInput,
 )
-from executors.registry import get_executor, known_backends
+from executors.credentials import CredentialsError
 
 from audit.services import audit_append
 
-from . import worker_sql
+from . import remote, worker_sql
 from .artefacts import ArtefactError
 from .choices import TaskState
 from .dispatch import dispatch_on_commit, retry_on_commit
 from .engine import after_terminal, task_transition
-from .models import Artefact, TaskInstance
-from .placement import placement_check
+from .models import Artefact, TaskInstance, TaskTransition
+from .placement import UNREAD, placement_check
 from .spec import TaskSpec
 from .storage import get_store, tenant_key
 
@@ -74,6 +74,10 @@ class Outcome:
     outputs: list[tuple[str, str, int, str]] = field(default_factory=list)  # name, digest, size, media type
     handle: JobHandle | None = None  # the backend's job, once submitted
     submitted_at: str = ""
+    # The attempt did not run and failed nothing: it waits (credentials unavailable) with this reason.
+    wait_reason: str = ""
+    # A remote job was submitted and runs without this worker ("submitted"), or the attempt went stale.
+    detached: str = ""
 
 
 class _Heartbeat:
@@ -135,35 +139,58 @@ def _store_outputs(task: TaskInstance, collected: Collected, *, declared: bool) 
     return results
 
 
+def task_workdir(task: TaskInstance, attempt: int) -> Path:
+    return Path(_engine("WORKDIR_ROOT")) / str(task.run_id) / f"{task.key}.{attempt}"
+
+
+def task_job_request(task: TaskInstance, spec: TaskSpec, attempt: int, *, inputs=(), workdir: str | None = None
+                     ) -> JobRequest:
+    """What the backend runs for one attempt (the same for submission, adoption and collection)."""
+    return JobRequest(
+        job_key=f"{task.run_id}/{task.key}/{attempt}",
+        argv=tuple(spec.run.argv("{script}")),
+        env=dict(spec.env),
+        workdir=workdir or str(task_workdir(task, attempt)),
+        timeout=spec.timeout,
+        inputs=tuple(inputs),
+        outputs=tuple(OutputRequest(name=o.name, path=o.path, media_type=o.media_type) for o in spec.outputs),
+        script=spec.run.script if spec.run else None,
+        resources=dict(spec.resources),
+        container=spec.container,
+        labels={"run_id": str(task.run_id), "task_id": task.key, "attempt": str(attempt)},
+    )
+
+
 def task_run(task: TaskInstance, attempt: int) -> Outcome:
-    """Run a claimed attempt on its backend and keep what it produced."""
+    """Run a claimed attempt on its backend and keep what it produced; or, on a remote backend,
+    submit it and return at once (`Outcome.detached`): the job runs without holding this worker."""
     spec = TaskSpec.from_dict(task.spec)
-    workdir = Path(_engine("WORKDIR_ROOT")) / str(task.run_id) / f"{task.key}.{attempt}"
+    workdir = task_workdir(task, attempt)
     staging = workdir.parent / f".{task.key}.{attempt}.inputs"
     heartbeat = _Heartbeat(task, attempt)
+    detached = False
     try:
         # Placement again at dispatch: the tenant's backend must still exist, be enabled and be cleared
-        # for the task's label (its ceiling may have been lowered since the run was submitted).
-        backend = placement_check(task)
-        executor = (get_executor(task.backend) if task.backend in known_backends()
-                    else get_executor(backend.kind, **backend.config))
+        # for the task's label (its ceiling may have been lowered since the run was submitted). The
+        # claim statement read which configuration the tenant has now (worker_sql); the ORM claim did not.
+        backend = placement_check(task, configuration=getattr(task, "claimed_configuration", UNREAD))
+        try:
+            # The tenant's backend as configured now, with its credentials read now (never stored).
+            executor = remote.build_executor(kind=backend.kind, config=backend.config, tenant_id=task.tenant_id,
+                                             backend=backend.name, task=task)
+        except CredentialsError as exc:
+            if exc.retryable:  # the store did not answer: nothing runs, the attempt waits
+                return Outcome(JobStatus(JobState.UNKNOWN, None, str(exc)),
+                               wait_reason=f"waiting_for_credentials: {exc}"[:500])
+            raise
         # The run's directory, as before; a staging directory only for a task with inputs.
         (staging if spec.inputs else staging.parent).mkdir(parents=True, exist_ok=True)
         inputs = _stage_inputs(task, spec, staging)
-        script = spec.run.script if spec.run else None
-        request = JobRequest(
-            job_key=f"{task.run_id}/{task.key}/{attempt}",
-            argv=tuple(spec.run.argv("{script}")),
-            env=dict(spec.env),
-            workdir=str(workdir),
-            timeout=spec.timeout,
-            inputs=tuple(inputs),
-            outputs=tuple(OutputRequest(name=o.name, path=o.path, media_type=o.media_type) for o in spec.outputs),
-            script=script,
-            resources=dict(spec.resources),
-            container=spec.container,
-            labels={"run_id": str(task.run_id), "task_id": task.key, "attempt": str(attempt)},
-        )
+        request = task_job_request(task, spec, attempt, inputs=inputs, workdir=str(workdir))
+        if not executor.synchronous:
+            result = remote.remote_submit(task, attempt, executor, backend, request)
+            detached = result == "submitted"
+            return Outcome(JobStatus(JobState.PENDING), detached=result)
         handle = executor.submit(request)
         submitted_at = timezone.now().isoformat()
         heartbeat.handle = handle
@@ -190,7 +217,7 @@ def task_run(task: TaskInstance, attempt: int) -> Outcome:
     except (ExecutorError, ArtefactError) as exc:
         return Outcome(JobStatus(JobState.FAILED, None, f"{exc.code}: {exc}"))
     finally:
-        if not _engine("KEEP_WORKDIRS"):
+        if not _engine("KEEP_WORKDIRS") and not detached:  # a remote job's is removed once collected
             shutil.rmtree(workdir, ignore_errors=True)
         if spec.inputs:
             shutil.rmtree(staging, ignore_errors=True)
@@ -198,8 +225,18 @@ def task_run(task: TaskInstance, attempt: int) -> Outcome:
 
 def task_finish(task_id: int, attempt: int, outcome: Outcome) -> str:
     """Record the end of an attempt: artefacts, the new state, and what follows from it."""
+    succeeded = not outcome.wait_reason and outcome.status.state == JobState.SUCCEEDED and worker_sql.enabled()
+    if succeeded and not transaction.get_connection().in_atomic_block:
+        # Most successful ends are one statement committed by itself (one round trip, no BEGIN or
+        # COMMIT of their own); it changes nothing and says so when a gate opens or the run may
+        # close, which the transaction below does with it (gateway/worker_sql.py).
+        result = worker_sql.task_finish_succeeded(task_id, attempt, outcome, alone=True)
+        if result is not None:
+            return result
     with transaction.atomic():
-        if outcome.status.state == JobState.SUCCEEDED and worker_sql.enabled():
+        if outcome.wait_reason:
+            return _task_wait(task_id, attempt, outcome.wait_reason)
+        if succeeded:
             return worker_sql.task_finish_succeeded(task_id, attempt, outcome)  # the same, in one statement
         task = TaskInstance.objects.select_for_update().defer("spec").filter(id=task_id).first()
         if task is None or task.state != TaskState.RUNNING or task.attempt != attempt:
@@ -264,6 +301,24 @@ def task_finish(task_id: int, attempt: int, outcome: Outcome) -> str:
         return "failed"
 
 
+def _task_wait(task_id: int, attempt: int, reason: str) -> str:
+    """The attempt could not start for a reason that waiting cures (the credential store did not
+    answer): RETRY_WAIT with that reason, no failure counted, the next attempt after a back-off
+    that doubles with each wait (CREDENTIALS_RETRY_SECONDS up to CREDENTIALS_RETRY_MAX_SECONDS)."""
+    task = TaskInstance.objects.select_for_update().defer("spec").filter(id=task_id).first()
+    if task is None or task.state != TaskState.RUNNING or task.attempt != attempt:
+        return "superseded"
+    kind = reason.split(":", 1)[0]
+    waits = TaskTransition.objects.filter(task_id=task.id, to_state=TaskState.RETRY_WAIT,
+                                          reason__startswith=kind + ":").count()
+    delay = min(float(settings.GATEHOUSE_ENGINE.get("CREDENTIALS_RETRY_MAX_SECONDS", 300.0)),
+                float(settings.GATEHOUSE_ENGINE.get("CREDENTIALS_RETRY_SECONDS", 5.0)) * 2 ** min(waits, 16))
+    task_transition(task, TaskState.RETRY_WAIT, transition_id=f"finish:{task.id}:{attempt}", reason=reason,
+                    not_before=timezone.now() + timedelta(seconds=delay), lease_expires_at=None)
+    retry_on_commit(task.id, attempt, delay)
+    return kind
+
+
 def task_requeue(task_id: int, attempt: int) -> bool:
     """Start the next attempt of a task waiting for its retry (from the countdown message or
     the reconciler; whichever comes second finds the move already made)."""
@@ -283,6 +338,8 @@ def task_execute(task_id: int, attempt: int) -> str:
     """The whole life of one dispatch message."""
     task = task_claim(task_id, attempt)
     if task is None:
-        return "stale"
+        return "stale"  # a redelivered message: the attempt was claimed (and its job, if any, recorded) before
     outcome = task_run(task, attempt)
+    if outcome.detached:
+        return outcome.detached
     return task_finish(task_id, attempt, outcome)

@@ -1,11 +1,13 @@
 """The worker's hot path on PostgreSQL: the claim in ONE statement, the end of a successful
-attempt in one statement inside its transaction.
+attempt in one statement, committed by itself when nothing else follows from it (no gate opens,
+the run cannot close), else inside a transaction with what follows.
 
 What they do is exactly what the ORM path in gateway/worker.py and gateway/engine.py does
 (`task_claim`, `task_finish` with `task_transition` and `after_terminal`); only the number of
-round trips changes (a fan-out task's went from 15 to 4: bench/profile_engine.py). The ORM path stays the reference and the
-fallback on every other database, and for everything off the hot path (failures, retries, gates,
-closing the run).
+round trips changes (a fan-out task's went from 15 to 2, plus nothing per task for Django's health
+check or for placement: bench/profile_engine.py). Both statements are prepared once per connection.
+The ORM path stays the reference and the fallback on every other database, and for everything off
+the hot path (failures, retries, gates, closing the run).
 
 Guarantees kept, and where:
 
@@ -18,9 +20,13 @@ Guarantees kept, and where:
 - history and audit: each move writes its TaskTransition row and its `task.transition` entry (and
   the attempt's `executor.submitted`), with the same content and in the same order as the ORM
   path, and the entries' queue rows (audit.services.audit_entries_cte);
-- locking order: the task's row (UPDATE), then its dependants in increasing id (SELECT ... ORDER BY
-  id FOR UPDATE, which the UPDATE of the dependants waits for since it reads its rows), then, in
-  the same transaction and through the ORM, the run row last when the run may close;
+- locking order: the task's row (the claim's UPDATE; the finish's SELECT ... FOR UPDATE, before
+  anything changes), then its dependants in increasing id (SELECT ... ORDER BY id FOR UPDATE, which
+  reads the task's locked row, so it comes second), then, in the same transaction and through the
+  ORM, the run row last when the run may close;
+- atomicity: a finish committed by itself is one statement (all of it or nothing); when the locked
+  dependants show that a gate opens or the run may close, that statement changes nothing and the
+  finish is made again in a transaction with the gate's opening or the run's close;
 - side effects after commit: readied tasks are dispatched with dispatch_on_commit;
 - row-level security: plain DML under the caller's scope (workers are the system scope), checked
   by the policies like any other statement.
@@ -39,27 +45,92 @@ import json
 import os
 import socket
 import uuid
+from collections import namedtuple
 from contextlib import nullcontext
 from datetime import timedelta
+from functools import lru_cache
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, InterfaceError, OperationalError, connection, connections, transaction
+from django.db.backends.utils import CursorWrapper
 from django.utils import timezone
 
 from audit.services import audit_data_json, audit_entries_cte, audit_where_json
+from executors.models import BackendConfiguration
 
 from .choices import TASK_TERMINAL
 from .dispatch import dispatch_on_commit
 from .models import Artefact, TaskInstance, TaskTransition
+from .realtime import events as live
 
 _TASK = TaskInstance._meta.db_table
 _HISTORY = TaskTransition._meta.db_table
 _FIELDS = [f for f in TaskInstance._meta.concrete_fields]
 _JSON_COLUMNS = {"spec", "dependants", "external"}
+_CONFIGURATION = BackendConfiguration._meta.db_table
+
+# A task's identity and state as a live message needs them (gateway/realtime/events.task_states).
+Moved = namedtuple("Moved", "tenant_id classification run_id key state")
 
 
 def enabled() -> bool:
     return connection.vendor == "postgresql"
+
+
+class _Prepared:
+    """Executes with server-side binding, prepared once per connection (psycopg `prepare=True`):
+    these two statements run once per task and are long (CTEs, audit bodies), so PostgreSQL parses
+    and plans them once per connection instead of once per task (after five executions PostgreSQL
+    keeps one generic plan: both statements find their rows by primary key or unique index whatever
+    the values), and each execution sends the parameters only. Everything else of Django's cursor
+    stays: execute wrappers, the query log, error translation."""
+
+    def _execute(self, sql, params, *ignored_wrapper_args):
+        self.db.validate_no_broken_transaction()
+        with self.db.wrap_database_errors:
+            return self.cursor.execute(sql, params, prepare=True)
+
+
+class _PreparedCursor(_Prepared, CursorWrapper):
+    pass
+
+
+@lru_cache(maxsize=1)
+def _prepared_debug_cursor_class():
+    from django.db.backends.postgresql.base import CursorDebugWrapper  # imported on PostgreSQL only
+
+    def execute(self, sql, params=None):
+        # Logged as written (its parameters beside it): a prepared statement has no text with the
+        # values in it for Django's last_executed_query.
+        with self.debug_sql(sql, params):
+            return CursorWrapper.execute(self, sql, params)
+
+    return type("_PreparedDebugCursor", (_Prepared, CursorDebugWrapper), {"execute": execute})
+
+
+def _prepared_cursor():
+    """A Django cursor over a server-side-binding psycopg cursor on the default connection (Django's
+    own use client-side binding, which cannot be prepared), set up as Django sets up its cursors."""
+    from django.db.backends.postgresql.base import TIMESTAMPTZ_OID, ServerBindingCursor
+    from django.db.backends.postgresql.psycopg_any import register_tzloader
+    from psycopg.pq import Format
+
+    db = connections[DEFAULT_DB_ALIAS]
+    db.close_if_health_check_failed()
+    db.ensure_connection()
+    db.validate_thread_sharing()
+    raw = db.connection
+    if raw.prepare_threshold is None:
+        # Django's default (OPTIONS prepare_threshold unset) turns psycopg's prepared statements off
+        # altogether, even for an explicit prepare=True. Django's own cursors bind on the client and
+        # are never prepared whatever this says, so with an unreachable threshold exactly the
+        # statements executed with prepare=True (these two) are.
+        raw.prepare_threshold = 2**31 - 1
+    with db.wrap_database_errors:
+        cursor = ServerBindingCursor(raw)  # what Django uses with OPTIONS server_side_binding
+    if db.timezone != raw.adapters.get_loader(TIMESTAMPTZ_OID, Format.TEXT).timezone:
+        register_tzloader(db.timezone, cursor)  # as Django's create_cursor does
+    return (_prepared_debug_cursor_class() if db.queries_logged else _PreparedCursor)(cursor, db)
 
 
 def _history(source: str, transition: str, from_state: str, to_state: str, attempt: str = "{s}.attempt") -> str:
@@ -90,8 +161,53 @@ _CLAIM = (
     "s AS (SELECT 1 AS ord, t.tenant_id, 'task.transition' AS event, 'task' AS object_type, t.id::text AS object_id, "
     f"t.classification AS label, {_transition_data('t', 'RUNNING', 'claim')} AS data FROM t), "
     f"{audit_entries_cte('s', events=('task.transition',))} "
-    f"SELECT {', '.join('t.' + f.column for f in _FIELDS)} FROM t"
+    f"SELECT {', '.join('t.' + f.column for f in _FIELDS)}, "
+    # Which backend configuration the tenant has as of this statement (gateway/placement.py).
+    f"(SELECT c.id || ':' || c.revision || ':' || c.digest FROM \"{_CONFIGURATION}\" c "
+    "WHERE c.tenant_id = t.tenant_id) FROM t"
 )
+
+
+_worker = (None, "")
+
+
+def _worker_name() -> str:
+    """`host:pid` of this process (TaskInstance.worker), looked up once per process."""
+    global _worker
+    pid = os.getpid()
+    if _worker[0] != pid:
+        _worker = (pid, f"{socket.gethostname()}:{pid}")
+    return _worker[1]
+
+
+def _claim_row(params: dict):
+    # Inside a caller's transaction the statement gets a savepoint, so that a refused history
+    # row (its transition id was recorded before) leaves that transaction usable.
+    with transaction.atomic() if connection.in_atomic_block else nullcontext(), _prepared_cursor() as cursor:
+        cursor.execute(_CLAIM, params)
+        return cursor.fetchone()
+
+
+def _claim_checking_health(params: dict):
+    """The claim, as the kept connection's health check. With CONN_HEALTH_CHECKS, Django checks a
+    kept connection with its own `SELECT 1` round trip before the first statement of each task
+    (gateway.celery runs close_old_connections around every task); here the claim itself is the
+    check: when it fails on a connection that is no longer usable, the connection is replaced and
+    the claim sent again, once. That is safe: the claim matches only a QUEUED row at this attempt
+    and its transition id is unique, so if the lost statement had in fact committed, the repeated
+    one claims nothing and the message is stale (the reconciler recovers the attempt when its lease
+    expires), as it would be without the repeat; no attempt can be claimed twice."""
+    conn = connection
+    if conn.connection is None or not conn.health_check_enabled or conn.health_check_done or conn.in_atomic_block:
+        return _claim_row(params)
+    conn.health_check_done = True  # Django would have sent its check now; this statement is the check
+    try:
+        return _claim_row(params)
+    except (OperationalError, InterfaceError):
+        if conn.is_usable():
+            raise  # the statement failed, not the connection
+        conn.close()
+    return _claim_row(params)  # on a new connection
 
 
 def task_claim(task_id: int, attempt: int) -> TaskInstance | None:
@@ -101,16 +217,12 @@ def task_claim(task_id: int, attempt: int) -> TaskInstance | None:
     now = timezone.now()
     params = {
         "id": task_id, "attempt": attempt, "now": now,
-        "worker": f"{socket.gethostname()}:{os.getpid()}",
+        "worker": _worker_name(),
         "lease": now + timedelta(seconds=settings.GATEHOUSE_ENGINE["LEASE_SECONDS"]),
         "audit_at": now, "audit_where": audit_where_json(),
     }
     try:
-        # Inside a caller's transaction the statement gets a savepoint, so that a refused history
-        # row (its transition id was recorded before) leaves that transaction usable.
-        with transaction.atomic() if connection.in_atomic_block else nullcontext(), connection.cursor() as cursor:
-            cursor.execute(_CLAIM, params)
-            row = cursor.fetchone()
+        row = _claim_checking_health(params)
     except IntegrityError as exc:
         if getattr(getattr(exc.__cause__, "diag", None), "table_name", None) != _HISTORY:
             raise
@@ -118,37 +230,57 @@ def task_claim(task_id: int, attempt: int) -> TaskInstance | None:
     if row is None:
         return None
     values = [json.loads(v) if f.column in _JSON_COLUMNS and isinstance(v, str) else v for f, v in zip(_FIELDS, row)]
-    return TaskInstance.from_db(connection.alias, [f.attname for f in _FIELDS], values)
+    task = TaskInstance.from_db(connection.alias, [f.attname for f in _FIELDS], values)
+    # The tenant's backend configuration key as the claim saw it: placement_check at dispatch
+    # reads the configuration again only when it changed (gateway/placement.py).
+    task.claimed_configuration = row[len(_FIELDS)]
+    live.task_states([task])  # live updates, after commit (gateway/realtime)
+    return task
 
 
 # The end of a successful attempt. The dependants are decremented in the same statement, and the
 # plain tasks whose needs all succeeded are queued for their first attempt (engine.make_ready);
 # readiness is read from `d`, the dependants' rows as locked (the newest versions), so the UPDATE
 # of `u`, which re-reads them under the same locks, agrees with it.
+#
+# Locking order: `l` locks the attempt's row first, `d` then locks the dependants in id order (it
+# reads `k`, which reads `l`, so it runs after it), and only then do `t` and `u` change them.
+#
+# Alone (%(alone)s true): the statement is then the whole change, committed by itself (autocommit,
+# one round trip), and that is right only when nothing else follows from it in the same
+# transaction: no gate opens (engine.make_ready) and a dependant stays open, so the run cannot
+# close (engine.run_close_if_done). Whether that holds is read from the locked dependants (`g`);
+# when it does not, the statement changes nothing (`t` and `u` need `g.go`, everything else is
+# made from them) and says so, and the caller does it all again in a transaction.
 _READY = "(x.needs_remaining = 1 AND x.state = 'PENDING' AND x.kind = 'task' AND x.attempt = 0)"
 _GATE_READY = "(x.needs_remaining = 1 AND x.state = 'PENDING' AND x.kind = 'gate')"
+_TERMINAL = ", ".join(f"'{state}'" for state in sorted(TASK_TERMINAL))
 _FINISH = (
-    f'WITH t AS (UPDATE "{_TASK}" SET state = \'SUCCEEDED\', reason = \'\', state_changed_at = %(now)s::timestamptz, '
-    "finished_at = %(now)s, lease_expires_at = NULL, exit_code = %(exit_code)s::integer "
-    "WHERE id = %(id)s::bigint AND state = 'RUNNING' AND attempt = %(attempt)s::integer "
-    "RETURNING id, tenant_id, run_id, key, classification, dependants, worker, attempt), "
+    f'WITH l AS (SELECT id, run_id, dependants FROM "{_TASK}" '
+    "WHERE id = %(id)s::bigint AND state = 'RUNNING' AND attempt = %(attempt)s::integer FOR UPDATE), "
+    # The dependants' ids, one lookup by (run, key) each on the unique index: a scalar subquery
+    # per key, so that no plan reads the run's every task per finish (a fan-in task has
+    # thousands of siblings, and a fresh table has no statistics to tell the planner so).
+    f'k AS (SELECT (SELECT y.id FROM "{_TASK}" y WHERE y.run_id = l.run_id AND y.key = k.key) AS id '
+    "FROM l, jsonb_array_elements_text(l.dependants) AS k(key)), "
+    f'd AS (SELECT x.id, x.state, {_READY} AS ready, {_GATE_READY} AS gate_ready FROM "{_TASK}" x '
+    "WHERE x.id = ANY (ARRAY(SELECT k.id FROM k)) ORDER BY x.id FOR UPDATE), "
+    "g AS (SELECT NOT %(alone)s::boolean OR (NOT coalesce(bool_or(d.gate_ready), false) "
+    f"AND coalesce(bool_or(d.state NOT IN ({_TERMINAL})), false)) AS go FROM d), "
+    f"t AS (UPDATE \"{_TASK}\" z SET state = 'SUCCEEDED', reason = '', state_changed_at = %(now)s::timestamptz, "
+    "finished_at = %(now)s, lease_expires_at = NULL, exit_code = %(exit_code)s::integer FROM l, g "
+    "WHERE z.id = l.id AND g.go AND z.state = 'RUNNING' AND z.attempt = %(attempt)s::integer "
+    "RETURNING z.id, z.tenant_id, z.run_id, z.key, z.classification, z.dependants, z.worker, z.attempt), "
     f'a AS (INSERT INTO "{Artefact._meta.db_table}" (id, tenant_id, run_id, task_id, attempt, name, digest, size, media_type, '
     "classification, created_at) SELECT o.id, t.tenant_id, t.run_id, t.id, t.attempt, o.name, o.digest, o.size, "
     "o.media_type, t.classification, %(now)s FROM t, unnest(%(a_ids)s::uuid[], %(a_names)s::text[], "
     "%(a_digests)s::text[], %(a_sizes)s::bigint[], %(a_types)s::text[]) AS o(id, name, digest, size, media_type)), "
-    # The dependants' ids, one lookup by (run, key) each on the unique index: a scalar subquery
-    # per key, so that no plan reads the run's every task per finish (a fan-in task has
-    # thousands of siblings, and a fresh table has no statistics to tell the planner so).
-    f'k AS (SELECT (SELECT y.id FROM "{_TASK}" y WHERE y.run_id = t.run_id AND y.key = k.key) AS id '
-    "FROM t, jsonb_array_elements_text(t.dependants) AS k(key)), "
-    f'd AS (SELECT x.id, {_READY} AS ready, {_GATE_READY} AS gate_ready FROM "{_TASK}" x '
-    "WHERE x.id = ANY (ARRAY(SELECT k.id FROM k)) ORDER BY x.id FOR UPDATE), "
     f'u AS (UPDATE "{_TASK}" x SET needs_remaining = x.needs_remaining - 1, '
     "state = CASE WHEN d.ready THEN 'QUEUED' ELSE x.state END, "
     "attempt = CASE WHEN d.ready THEN 1 ELSE x.attempt END, "
     "reason = CASE WHEN d.ready THEN '' ELSE x.reason END, "
     "state_changed_at = CASE WHEN d.ready THEN %(now)s ELSE x.state_changed_at END "
-    "FROM d WHERE x.id = d.id "
+    "FROM d, g WHERE x.id = d.id AND g.go "
     "RETURNING x.id, x.tenant_id, x.run_id, x.key, x.classification, x.state, x.attempt, d.ready, d.gate_ready), "
     "r AS (SELECT * FROM u WHERE u.ready), "
     # One INSERT for the history rows, in the ORM path's order (the attempt's end, then the readied
@@ -168,16 +300,25 @@ _FINISH = (
     "UNION ALL SELECT r.id, r.tenant_id, 'task.transition', 'task', r.id::text, r.classification, "
     f"{_transition_data('r', 'QUEUED', 'ready', attempt='1')} FROM r), "
     f"{audit_entries_cte('s', events=('executor.submitted', 'task.transition'))} "
-    "SELECT t.run_id, u.id, u.state, u.ready, u.gate_ready FROM t LEFT JOIN u ON true ORDER BY u.id"
+    "SELECT g.go, l.id, t.run_id, u.id, u.state, u.ready, u.gate_ready, t.tenant_id, t.classification, t.key, "
+    "u.tenant_id, u.classification, u.key FROM g LEFT JOIN l ON true LEFT JOIN t ON true LEFT JOIN u ON true "
+    "ORDER BY u.id"
 )
 
 
-def task_finish_succeeded(task_id: int, attempt: int, outcome) -> str | None:
+def task_finish_succeeded(task_id: int, attempt: int, outcome, *, alone: bool = False) -> str | None:
     """RUNNING -> SUCCEEDED for this attempt, with its artefacts, history, audit entries and the
-    propagation to its dependants; called inside the finish's transaction. Returns "superseded"
-    when the attempt is no longer the task's running one, else "succeeded"."""
+    propagation to its dependants. Returns "superseded" when the attempt is no longer the task's
+    running one, else "succeeded".
+
+    Called inside the finish's transaction; or, with `alone`, outside any, as one statement
+    committed by itself: then it returns None, having changed nothing, when the end of this attempt
+    needs more in the same transaction (a gate opens, or the run may close), and the caller calls
+    it again inside one."""
     from .engine import make_ready, run_close_if_done
 
+    if alone and connection.in_atomic_block:
+        raise RuntimeError("the statement alone is its own transaction: call it outside one")
     now = timezone.now()
     handle = outcome.handle
     submitted = None
@@ -191,16 +332,24 @@ def task_finish_succeeded(task_id: int, attempt: int, outcome) -> str | None:
         "id": task_id, "attempt": attempt, "now": now, "exit_code": outcome.status.exit_code,
         "a_ids": [uuid.uuid4() for _ in outputs], "a_names": [o[0] for o in outputs],
         "a_digests": [o[1] for o in outputs], "a_sizes": [o[2] for o in outputs], "a_types": [o[3] for o in outputs],
-        "submitted": submitted, "audit_at": now, "audit_where": audit_where_json(),
+        "submitted": submitted, "audit_at": now, "audit_where": audit_where_json(), "alone": alone,
     }
-    with connection.cursor() as cursor:
+    with _prepared_cursor() as cursor:
         cursor.execute(_FINISH, params)
         rows = cursor.fetchall()
-    if not rows:
+    go, locked = rows[0][0], rows[0][1]
+    if locked is None:
         return "superseded"  # cancelled or recovered meanwhile: this attempt's result is dropped
-    run_id = rows[0][0]
-    dependants = [(dep_id, state, ready, gate_ready) for _, dep_id, state, ready, gate_ready in rows if dep_id is not None]
+    if not go:
+        return None  # alone, and more follows in the same transaction: nothing was changed
+    rows = [row[2:] for row in rows]
+    run_id, tenant_id, classification, key = rows[0][0], rows[0][5], rows[0][6], rows[0][7]
+    dependants = [row[1:5] for row in rows if row[1] is not None]  # id, state, ready, gate_ready
     dispatch_on_commit((dep_id, 1) for dep_id, _, ready, _ in dependants if ready)
+    # Live updates, after commit (gateway/realtime), from what the statement returned: the
+    # attempt's end, then the tasks it readied, as the ORM path sends them.
+    live.task_states([Moved(tenant_id, classification, run_id, key, "SUCCEEDED"),
+                      *(Moved(row[8], row[9], run_id, row[10], row[2]) for row in rows if row[1] is not None and row[3])])
     gates = [dep_id for dep_id, _, _, gate_ready in dependants if gate_ready]
     if gates:
         # Rare (a gate whose needs all succeeded): the ORM path opens it; its row is locked already.

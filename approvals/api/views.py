@@ -45,6 +45,8 @@ class GateListApi(APIView):
         if run:
             gates = gates.filter(run_id=run)
         paginator = LimitOffsetPagination()
+        # Progress in the same query, and not the run's source or the task's spec that no field shows.
+        gates = selectors.gate_list_with_progress(gates).defer("run__spec_source", "task__spec")
         page = paginator.paginate_queryset(gates, request, view=self)
         return paginator.get_paginated_response(GateSerializer(page, many=True).data)
 

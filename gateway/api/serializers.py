@@ -1,3 +1,4 @@
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from gateway.models import Artefact, Run, TaskInstance
@@ -19,16 +20,40 @@ class ArtefactSerializer(serializers.ModelSerializer):
         return f"/api/v1/artefacts/{obj.id}/content"
 
 
+class RemoteJobSerializer(serializers.Serializer):
+    """A remote attempt's job as the backend last reported it (gateway/remote.py); never its
+    configuration or credentials."""
+
+    backend = serializers.CharField()
+    job_id = serializers.CharField(allow_null=True)
+    phase = serializers.CharField()
+    state = serializers.CharField(allow_null=True)
+    reason = serializers.CharField(allow_blank=True)
+    submitted_at = serializers.CharField(allow_null=True)
+
+
 class TaskSerializer(serializers.ModelSerializer):
     needs = serializers.SerializerMethodField()
+    remote_job = serializers.SerializerMethodField()
 
     class Meta:
         model = TaskInstance
         fields = ["key", "kind", "state", "reason", "needs", "backend", "classification", "attempt", "failures",
-                  "recoveries", "exit_code", "started_at", "finished_at", "state_changed_at"]
+                  "recoveries", "exit_code", "started_at", "finished_at", "state_changed_at", "remote_job"]
 
     def get_needs(self, obj) -> list[str]:
         return list(obj.spec.get("needs", []))
+
+    @extend_schema_field(RemoteJobSerializer(allow_null=True))
+    def get_remote_job(self, obj) -> dict | None:
+        from gateway.remote import is_remote
+
+        external = obj.external
+        if not is_remote(external):
+            return None
+        return {"backend": external.get("backend_name", ""), "job_id": external.get("external_id"),
+                "phase": external["phase"], "state": external.get("remote_state"),
+                "reason": external.get("remote_reason", ""), "submitted_at": external.get("submitted_at")}
 
 
 class RunSerializer(serializers.ModelSerializer):

@@ -20,6 +20,7 @@ from audit.services import audit_append
 from gateway.choices import Role
 from gateway.errors import Conflict, ErrorCode, Forbidden, GatehouseError
 from gateway.models import Membership, Tenant
+from gateway.realtime import events as live
 from gateway.tenancy import member_create
 
 from .conf import admin, auth_settings, issuer, oidc_enabled, role_map
@@ -132,6 +133,8 @@ def _undo_create(kc, subject: str | None) -> None:
 
 
 def tenant_user_set_roles(*, tenant: Tenant, actor, user, roles):
+    if actor is not None and user.pk == actor.pk:
+        raise Forbidden(ErrorCode.PERMISSION_DENIED, "You cannot change your own roles.")
     roles = _check_roles(roles)
     with transaction.atomic():
         membership = Membership.objects.select_for_update().get(user=user, tenant=tenant)
@@ -141,10 +144,48 @@ def tenant_user_set_roles(*, tenant: Tenant, actor, user, roles):
         membership.save(update_fields=["roles"])
         audit_append(event="member.roles_changed", tenant=tenant, actor=actor, object_type="user",
                      object_id=str(user.pk), data={"before": before, "after": membership.roles})
+        live.user_recheck(user.pk)  # open pages follow the new roles
         subject = _link(user) if oidc_enabled() else None
         if subject is not None:
             _call(lambda kc: _set_keycloak_roles(kc, subject, roles))
     return membership
+
+
+def tenant_user_set_groups(*, tenant: Tenant, actor, user, groups):
+    """Set a member's approver groups (Keycloak: subgroups of the tenant's group). Nobody changes
+    their own. Audited before and after; open pages follow it at once."""
+    if actor is not None and user.pk == actor.pk:
+        raise Forbidden(ErrorCode.PERMISSION_DENIED, "You cannot change your own approver groups.")
+    groups = sorted({g.strip() for g in groups if g and g.strip()})
+    bad = [g for g in groups if "/" in g or len(g) > 100]
+    if bad:
+        raise GatehouseError(ErrorCode.INVALID, "A group name has no '/' and at most 100 characters.",
+                             detail={"groups": bad})
+    with transaction.atomic():
+        membership = Membership.objects.select_for_update().get(user=user, tenant=tenant)
+        before = sorted(membership.groups)
+        membership.groups = groups
+        membership.save(update_fields=["groups"])
+        audit_append(event="member.groups_changed", tenant=tenant, actor=actor, object_type="user",
+                     object_id=str(user.pk), data={"before": before, "after": groups})
+        live.user_recheck(user.pk)
+        subject = _link(user) if oidc_enabled() else None
+        if subject is not None:
+            _call(lambda kc: _set_keycloak_groups(kc, tenant, subject, before, groups))
+    return membership
+
+
+def _set_keycloak_groups(kc, tenant: Tenant, subject: str, before: list[str], after: list[str]) -> None:
+    for group in sorted(set(after) - set(before)):
+        kc.group_user_add(subject, _ensure_group(kc, _group_path(tenant, group)))
+    for group in sorted(set(before) - set(after)):
+        try:
+            group_id = kc.get_group_by_path(_group_path(tenant, group))["id"]
+        except KeycloakError as exc:
+            if exc.response_code == 404:
+                continue
+            raise
+        kc.group_user_remove(subject, group_id)
 
 
 def _set_keycloak_roles(kc, subject: str, roles: list[str]) -> None:
@@ -167,6 +208,7 @@ def tenant_user_set_enabled(*, tenant: Tenant, actor, user, enabled: bool):
         user.save(update_fields=["is_active"])
         audit_append(event="member.enabled" if enabled else "member.disabled", tenant=tenant, actor=actor,
                      object_type="user", object_id=str(user.pk), data={"username": user.username})
+        live.user_recheck(user.pk)  # a disabled member's open sockets are closed
         subject = _link(user) if oidc_enabled() else None
         if subject is not None:
             _call(lambda kc: kc.update_user(subject, {"enabled": enabled}))

@@ -10,6 +10,7 @@ from audit.services import audit_append
 from gateway import dbscope
 from gateway.errors import NoTenant
 from gateway.models import Membership, Tenant
+from gateway.realtime import events as live
 
 from .conf import auth_settings, issuer, role_map
 from .models import ExternalIdentity
@@ -132,4 +133,5 @@ def _write(principal: Principal, tenant: Tenant):
     if before != after:
         audit_append(event="member.synced", tenant=tenant, object_type="user", object_id=str(user.pk),
                      data={"before": before, "after": after, "subject": principal.subject})
+        live.user_recheck(user.pk)  # open pages follow the roles the identity provider reports now
     return User.objects.select_related("membership").get(pk=user.pk)

@@ -231,3 +231,75 @@ def test_as_the_app_role_bound_to_another_tenant_a_claim_sees_nothing(recording,
     assert task_finish(task_id, attempt, OK) == "succeeded"
     dbscope.set_process_scope(dbscope.SYSTEM)
     assert driver.refresh().state == "SUCCEEDED"
+
+
+# --------------------------------------------------------------------------- the finish as one statement alone
+
+
+def _statements(run_test):
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as captured:
+        result = run_test()
+    return result, [q["sql"].split(None, 1)[0].upper() for q in captured.captured_queries]
+
+
+def test_a_fan_out_task_ends_in_one_statement_committed_by_itself(recording, tenant, author):
+    driver = Driver(submit(tenant, author, {"id": "root"}, {"id": "a", "needs": ["root"]},
+                          {"id": "b", "needs": ["root"]}, {"id": "join", "needs": ["a", "b"]}))
+    driver.complete("root")
+    task_id, attempt = driver.message_for("a")
+    assert task_claim(task_id, attempt) is not None
+    result, statements = _statements(lambda: task_finish(task_id, attempt, SUBMITTED))
+    assert result == "succeeded"
+    assert statements == ["WITH"]  # no BEGIN, no COMMIT, no second statement
+    assert driver.task("a").state == "SUCCEEDED" and driver.task("join").needs_remaining == 1
+    assert TaskTransition.objects.filter(task_id=task_id, transition_id=f"finish:{task_id}:{attempt}").count() == 1
+    assert AuditEntry.objects.filter(event="executor.submitted", object_id=str(task_id)).count() == 1
+    assert Artefact.objects.filter(task_id=task_id).count() == 1
+
+
+def test_alone_changes_nothing_when_the_run_may_close(recording, tenant, author):
+    """b failed, so join was skipped while a still ran: a's end may close the run, which the
+    statement alone cannot do; it leaves everything as it was, and task_finish does it all in one
+    transaction with the run's close."""
+    from tests.engine.driver import FAIL
+
+    driver = Driver(submit(tenant, author, {"id": "a"}, {"id": "b"}, {"id": "join", "needs": ["a", "b"]}))
+    task_id, attempt = driver.message_for("a")
+    assert task_claim(task_id, attempt) is not None
+    assert driver.complete("b", FAIL) == "failed"
+    assert driver.states() == {"a": "RUNNING", "b": "FAILED", "join": "SKIPPED"}
+    history, entries = TaskTransition.objects.count(), AuditEntry.objects.count()
+    assert worker_sql.task_finish_succeeded(task_id, attempt, SUBMITTED, alone=True) is None
+    assert driver.task("a").state == "RUNNING" and driver.refresh().state == "RUNNING"
+    assert (TaskTransition.objects.count(), AuditEntry.objects.count()) == (history, entries)
+    assert not Artefact.objects.filter(task_id=task_id).exists()
+    result, statements = _statements(lambda: task_finish(task_id, attempt, SUBMITTED))
+    assert result == "succeeded" and "BEGIN" in statements and "COMMIT" in statements
+    assert driver.task("a").state == "SUCCEEDED" and driver.refresh().state == "FAILED"
+    assert AuditEntry.objects.filter(event="run.finished", object_id=str(driver.run.id)).count() == 1
+
+
+def test_alone_changes_nothing_when_a_gate_opens(recording, tenant, author):
+    driver = Driver(submit(tenant, author, {"id": "a"}, {"id": "g", "type": "gate", "needs": ["a"]},
+                          {"id": "after", "needs": ["g"]}))
+    task_id, attempt = driver.message_for("a")
+    assert task_claim(task_id, attempt) is not None
+    entries = AuditEntry.objects.count()
+    assert worker_sql.task_finish_succeeded(task_id, attempt, OK, alone=True) is None
+    assert driver.states() == {"a": "RUNNING", "g": "PENDING", "after": "PENDING"}
+    assert AuditEntry.objects.count() == entries
+    assert task_finish(task_id, attempt, OK) == "succeeded"
+    assert driver.states() == {"a": "SUCCEEDED", "g": "AWAITING_DECISION", "after": "PENDING"}
+
+
+def test_alone_inside_a_transaction_is_refused(recording, tenant, author):
+    from django.db import transaction
+
+    driver = Driver(submit(tenant, author, {"id": "a"}, {"id": "b", "needs": ["a"]}))
+    task_id, attempt = driver.message_for("a")
+    assert task_claim(task_id, attempt) is not None
+    with pytest.raises(RuntimeError), transaction.atomic():
+        worker_sql.task_finish_succeeded(task_id, attempt, OK, alone=True)
+    assert driver.task("a").state == "RUNNING"

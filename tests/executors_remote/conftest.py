@@ -1,0 +1,73 @@
+"""Remote jobs through the engine (gateway/remote.py) against the real single-node Slurm cluster
+(deploy/test-slurm.sh) and moto's Batch server: submit without holding a worker, poll, collect,
+cancel, adopt. Messages are recorded (RecordingDispatcher) so a test handles each one itself."""
+from __future__ import annotations
+
+import itertools
+import subprocess
+import time
+
+import pytest
+import yaml
+
+from executors import registry
+from executors.backends import backends_configure
+from executors.slurm_tracker import SlurmTracker
+from tests.executors_slurm.conftest import _cluster_problem, SETUP_SCRIPT  # noqa: F401
+
+_clusters = itertools.count(1)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slurm: needs the single-node Slurm cluster of deploy/test-slurm.sh")
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> str:
+    problem = _cluster_problem()
+    if problem is not None and SETUP_SCRIPT.exists():
+        subprocess.run([str(SETUP_SCRIPT)], capture_output=True, timeout=600, check=False)
+        problem = _cluster_problem()
+    if problem is not None:
+        pytest.skip(f"no Slurm cluster: {problem} (deploy/test-slurm.sh could not start one)")
+    return "ready"
+
+
+def slurm_backends(cluster: str, *, local: bool = True, poll_interval: float = 0.2) -> str:
+    backends = [{"name": "hpc", "kind": "slurm", "max_classification": "TOP SECRET",
+                 "config": {"cluster": cluster, "poll_interval": poll_interval, "submit_rate": 100,
+                            "submit_burst": 100, "command_timeout": 15}}]
+    if local:
+        backends.append({"name": "local", "kind": "local", "max_classification": "TOP SECRET", "preference": -1})
+    return yaml.safe_dump({"apiVersion": "gatehouse/v1", "kind": "Backends", "backends": backends})
+
+
+@pytest.fixture
+def hpc(slurm_cluster, tenant, author, recording):
+    """The tenant's backends: a Slurm cluster `hpc` (a fresh cluster name, so its tracker is this
+    test's) and `local`. Every job of the cluster's name is cancelled at the end."""
+    cluster = f"rtest-{next(_clusters)}-{int(time.time())}"
+    backends_configure(tenant=tenant, actor=author, source=slurm_backends(cluster))
+    yield cluster
+    tracker = SlurmTracker._registry.get(cluster)
+    if tracker is not None:
+        for key in tracker.tracked:
+            subprocess.run(["scancel", key], capture_output=True, check=False)
+    SlurmTracker._registry.pop(cluster, None)
+    registry.clear_cache()
+
+
+def slurm_jobs(name: str) -> list[dict]:
+    """Every job Slurm knows with this job name (squeue keeps finished ones for MinJobAge)."""
+    from executors.slurm import parse_squeue_json
+
+    out = subprocess.run(["squeue", "--json", "--states=all"], capture_output=True, text=True, check=True).stdout
+    return [r for r in parse_squeue_json(out).values() if r["name"] == name]
+
+
+def slurm_state(job_id: str) -> str:
+    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True).stdout
+    for part in out.split():
+        if part.startswith("JobState="):
+            return part.split("=", 1)[1]
+    return ""
