@@ -6,7 +6,8 @@
     .venv/bin/python bench/run.py --docs-only   # regenerate the page from the results present
 
 Needs the PostgreSQL and Redis of `make test` (deploy/test-services.sh). Everything runs in a database
-of its own, `gatehouse_bench`, and a Redis database of its own: dev and test data are never touched.
+of its own, `gatehouse_bench` (or GATEHOUSE_BENCH_DATABASE), and a Redis database of its own
+(GATEHOUSE_BENCH_BROKER_URL to choose it): dev and test data are never touched.
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ from bench.common import VAR_DIR, machine_info, now_iso, write_results  # noqa: 
 
 BENCHMARKS = ("gate_release", "decisions", "fanout", "spec_parse", "audit_append", "audit_verify", "live_updates",
               "portal_inbox", "remote_dispatch", "slurm_submit")
-BENCH_DB = "gatehouse_bench"
+# A database of its own (GATEHOUSE_BENCH_DATABASE picks another, e.g. to run two benchmarks side by side).
+BENCH_DB = os.environ.get("GATEHOUSE_BENCH_DATABASE") or "gatehouse_bench"
 BENCH_REDIS_DB = 15
 
 

@@ -12,6 +12,7 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
+from gateway.realtime.consumer import ServerSendTap  # noqa: E402
 from gateway.realtime.publisher import in_memory_layer  # noqa: E402
 from gateway.realtime.relay import start_drainer  # noqa: E402
 from gateway.realtime.routing import websocket_urlpatterns  # noqa: E402
@@ -28,5 +29,6 @@ application = ProtocolTypeRouter({
     "http": django_asgi_app,
     # A socket from a page of another origin is refused at the handshake (ALLOWED_HOSTS); the
     # portal's session cookie authenticates the rest (gateway/realtime/consumer.py).
-    "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+    # ServerSendTap: the hub writes a broadcast's frames below the stack (gateway/realtime/consumer.py).
+    "websocket": ServerSendTap(AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))),
 })

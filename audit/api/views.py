@@ -16,12 +16,14 @@ from rest_framework.views import APIView
 
 from audit.canonical import rfc3339
 from audit.export import ExportError, audit_export
-from audit.models import AuditCheckpoint, AuditHead, AuditKey
-from audit.note import NoteError, NoteVerifier, open_note
-from audit.selectors import audit_entries_for_user, audit_export_allowed, audit_scope_for_user, is_platform_auditor
-from audit.sequencer import GLOBAL, head_root, tenant_tree
+from audit.selectors import (
+    audit_checkpoint_status,
+    audit_entries_for_user,
+    audit_export_allowed,
+    audit_scope_for_user,
+    is_platform_auditor,
+)
 from audit.services import audit_append
-from audit.witness import get_witness
 from gateway.errors import ErrorCode, Forbidden, GatehouseError
 from gateway import dbscope
 from gateway.permissions import IsAuditor
@@ -145,26 +147,4 @@ class AuditCheckpointLatestApi(PlatformLogScope, APIView):
     @extend_schema(parameters=[OpenApiParameter("tenant", str)], responses=OpenApiResponse(description="latest checkpoint"))
     def get(self, request):
         scope = audit_scope_for_user(request.user, request.query_params.get("tenant"))
-        tree = tenant_tree(scope.id) if scope else GLOBAL
-        checkpoint = AuditCheckpoint.objects.filter(tree=tree).order_by("-size").first()
-        if checkpoint is None:
-            return Response({"tree": tree, "checkpoint": None})
-        verifiers = [NoteVerifier(k) for k in AuditKey.objects.values_list("verifier_key", flat=True)]
-        try:
-            open_note(checkpoint.note.encode(), verifiers)
-            signature_valid = True
-        except NoteError:
-            signature_valid = False
-        outside = get_witness().read_all(tree).get(checkpoint.size)
-        head = AuditHead.objects.filter(tree=tree).first()
-        current_root = head_root(head).hex() if head else None
-        return Response({
-            "tree": tree, "size": checkpoint.size, "root": checkpoint.root, "key_id": checkpoint.key_id,
-            "time": rfc3339(checkpoint.created_at), "note": checkpoint.note,
-            "verification": {
-                "signature_valid": signature_valid,
-                "matches_copy_outside_database": outside == checkpoint.note.encode() if outside is not None else None,
-                "log_size": head.size if head else 0,
-                "root_matches_log": (current_root == checkpoint.root) if head and head.size == checkpoint.size else None,
-            },
-        })
+        return Response(audit_checkpoint_status(scope))

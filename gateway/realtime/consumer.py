@@ -25,9 +25,11 @@ the socket closed (4403), a session that ended has it closed with 4401.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import random
+import sys
 import time
 from dataclasses import dataclass
 from importlib import import_module
@@ -42,6 +44,72 @@ log = logging.getLogger(__name__)
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
+SERVER_SEND = "gatehouse.server_send"  # the scope key of the server's own `send` (ServerSendTap)
+
+
+class ServerSendTap:
+    """The outermost layer of the websocket stack (gateway/asgi.py): keeps the server's own `send`
+    callable in the scope, where the consumer finds the server's websocket protocol (`_wire`). The
+    session middleware's wrapper of `send` only acts on HTTP responses, so for a socket's frames
+    nothing is skipped by writing them below it."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    async def __call__(self, scope, receive, send):
+        return await self.inner(dict(scope, **{SERVER_SEND: send}), receive, send)
+
+
+def _wire(send):
+    """The autobahn protocol under Daphne's `send` for this socket, or None (another ASGI server,
+    Channels' test communicator): the hub then writes through the ASGI `send` as usual.
+
+    Daphne gives each application instance `partial(Server.handle_reply, protocol)`; nothing else is
+    assumed, and anything else falls back to the ASGI path. Why: the ASGI path costs, per socket and
+    frame, the session wrapper, Daphne's reply dispatch, autobahn's framing and its debug logging's
+    argument formatting (bench/live_updates.py: most of the server's time on a thousand-socket
+    broadcast). Autobahn frames a broadcast once for any number of sockets (`prepareMessage`, its API
+    for this); the hub writes those bytes to each socket's transport."""
+    daphne = sys.modules.get("daphne.server")  # never imported here: it installs a Twisted reactor
+    if daphne is None or not isinstance(send, functools.partial) or len(send.args) != 1:
+        return None
+    from autobahn.websocket.protocol import WebSocketServerProtocol
+
+    protocol = send.args[0]
+    if getattr(send.func, "__func__", None) is not daphne.Server.handle_reply:
+        return None
+    return protocol if isinstance(protocol, WebSocketServerProtocol) else None
+
+
+def _send_now(transport, data: bytes) -> None:
+    """Write `data` to a socket's transport, straight to the socket when nothing is waiting before it.
+
+    Twisted's `write` only buffers and has the reactor watch the socket for writability, then sends on
+    its next turn and stops watching: per socket two epoll changes and a dispatch, which on a
+    thousand-socket broadcast cost as much as everything else together. When the transport holds
+    nothing unsent (so order is kept) the bytes go to the kernel at once; what the kernel does not
+    take (a slow reader), and any transport that is not plain TCP (TLS), goes through `write` as usual.
+    """
+    from twisted.internet import tcp
+
+    if (isinstance(transport, tcp.Connection) and not transport.TLS and transport.connected
+            and not transport.disconnecting and not getattr(transport, "_tempDataBuffer", True)
+            and getattr(transport, "offset", -1) == len(getattr(transport, "dataBuffer", b"-"))):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:  # would block, or the peer went: the transport's own write handles either
+            sent = 0
+        if sent >= len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
+
+
+def _wire_open(wire) -> bool:
+    """Frames may go straight to the transport: the socket is open, uncompressed (Daphne negotiates
+    no permessage-deflate), and autobahn holds nothing queued to send before them."""
+    return (wire.state == wire.STATE_OPEN and wire._perMessageCompress is None and not wire.send_queue
+            and wire.transport is not None)
 
 
 @dataclass(frozen=True)
@@ -200,11 +268,18 @@ class Hub:
         members = list(self.members.get(group, ()))
         kind = message.get("type")
         if kind == "live.event":
-            texts, unless = None, message.get("unless")
+            texts, frames, unless = None, None, message.get("unless")
             for consumer in members:
                 if consumer.suspended or group not in consumer.groups_held or unless in consumer.groups_held:
                     continue
                 texts = texts or [json.dumps(event, separators=(",", ":")) for event in message["events"]]
+                wire = consumer.wire
+                if wire is not None and _wire_open(wire):
+                    if frames is None:  # framed once for every socket of the process
+                        frames = b"".join(wire.factory.prepareMessage(text.encode("utf-8")).payloadHybi
+                                          for text in texts)
+                    _send_now(wire.transport, frames)  # never blocks: what the kernel refuses is buffered
+                    continue
                 for text in texts:  # written together: the server sends them in one go
                     await consumer.push(text)  # buffered by the server: no socket waits for another
         elif kind == "live.recheck":
@@ -226,6 +301,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
     control: frozenset[str] = frozenset()
     access: Access | None = None
     suspended = False
+    wire = None  # the server's websocket protocol, when the hub may write frames to it (see _wire)
 
     async def connect(self):
         """Groups first, then the handshake: once the browser sees the socket open, every message
@@ -235,6 +311,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         self.timer: asyncio.TimerHandle | None = None
         self.rechecking = asyncio.Lock()
         self.outbox: asyncio.Queue | None = None
+        self.wire = _wire(self.scope.get(SERVER_SEND))
         if user is None or not user.is_authenticated:
             await self._refuse(CLOSE_UNAUTHENTICATED)
             return
