@@ -2,7 +2,6 @@
 through the tenant-scoped selectors."""
 from __future__ import annotations
 
-from django.http import StreamingHttpResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.pagination import LimitOffsetPagination
@@ -10,13 +9,10 @@ from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from audit.services import audit_append
 from gateway import selectors, services
-from gateway.artefacts import ArtefactError
-from gateway.errors import ErrorCode, GatehouseError
 from gateway.permissions import CanSubmit
 from gateway.spec import load_schema
-from gateway.storage import get_store, tenant_key
+from gateway.storage import artefact_content_response
 
 from .parsers import YAML_PARSERS
 from .serializers import (
@@ -101,27 +97,7 @@ class ArtefactContentApi(APIView):
     @extend_schema(responses={(200, "application/octet-stream"): OpenApiResponse(description="The artefact's bytes")})
     def get(self, request, artefact_id):
         artefact = selectors.artefact_get_for_user(artefact_id, request.user)
-        store = get_store()
-        tenant = tenant_key(artefact.tenant_id)
-        if not store.exists(tenant, artefact.digest):
-            raise GatehouseError(ErrorCode.ARTEFACT_UNAVAILABLE, "The artefact's content is not in the store.", status=410)
-
-        def chunks():
-            try:
-                yield from store.iter_chunks(tenant, artefact.digest)
-            except ArtefactError:
-                # Headers are gone already: end the stream short so the client's digest check fails.
-                return
-
-        audit_append(event="artefact.read", tenant_id=artefact.tenant_id, actor=request.user, obj=artefact,
-                     data={"run": str(artefact.run_id), "task": artefact.task.key, "name": artefact.name,
-                           "digest": artefact.digest})
-        response = StreamingHttpResponse(chunks(), content_type=artefact.media_type)
-        response["Content-Length"] = str(artefact.size)
-        response["Digest"] = f"sha-256={artefact.digest}"
-        response["X-Content-SHA256"] = artefact.digest
-        response["Content-Disposition"] = f'attachment; filename="{artefact.task.key}-{artefact.name}"'
-        return response
+        return artefact_content_response(artefact, request.user, content_type=artefact.media_type)
 
 
 class WorkflowValidateApi(APIView):

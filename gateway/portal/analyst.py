@@ -7,7 +7,6 @@ import json
 
 from django.conf import settings
 from django.contrib import messages
-from django.http import StreamingHttpResponse
 from django.shortcuts import redirect, render
 
 from approvals import selectors as gate_selectors
@@ -17,10 +16,9 @@ from approvals.signing.document import label_digest, shown_digest, shown_view
 from approvals.signing.keys import active_key, approver_id, gate_facts
 from audit.services import audit_append
 from gateway import selectors
-from gateway.artefacts.store import ArtefactError
 from gateway.errors import ErrorCode, GatehouseError, NotFound, record_refusal
 from gateway.identity.conf import request_access_token
-from gateway.storage import get_store, tenant_key
+from gateway.storage import artefact_content_response
 
 from .banners import page_banner
 from .common import page, render_page
@@ -156,27 +154,9 @@ def artefact_content(request, artefact_id):
     """An artefact's bytes for the portal: images inline (for previews), anything else as a
     download. Scoped, digest-checked by the store, audited like the API's content view."""
     artefact = selectors.artefact_get_for_user(artefact_id, request.user)
-    store, tenant = get_store(), tenant_key(artefact.tenant_id)
-    if not store.exists(tenant, artefact.digest):
-        raise GatehouseError(ErrorCode.ARTEFACT_UNAVAILABLE, "The artefact's content is not in the store.", status=410)
-
-    def chunks():
-        try:
-            yield from store.iter_chunks(tenant, artefact.digest)
-        except ArtefactError:
-            return  # headers are gone: the response ends short and the digest check fails
-
-    audit_append(event="artefact.read", tenant_id=artefact.tenant_id, actor=request.user, obj=artefact,
-                 data={"run": str(artefact.run_id), "task": artefact.task.key, "name": artefact.name,
-                       "digest": artefact.digest})
     media = (artefact.media_type or "").split(";")[0].strip().lower()
     inline = media in IMAGE_TYPES
-    response = StreamingHttpResponse(chunks(), content_type=media if inline else "application/octet-stream")
-    response["Content-Length"] = str(artefact.size)
-    response["X-Content-SHA256"] = artefact.digest
-    response["X-Content-Type-Options"] = "nosniff"
-    disposition = "inline" if inline else "attachment"
-    response["Content-Disposition"] = f'{disposition}; filename="{artefact.task.key}-{artefact.name}"'
-    return response
+    return artefact_content_response(artefact, request.user, content_type=media if inline else "application/octet-stream",
+                                     disposition="inline" if inline else "attachment")
 
 
