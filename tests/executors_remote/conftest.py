@@ -13,24 +13,13 @@ import yaml
 from executors import registry
 from executors.backends import backends_configure
 from executors.slurm_tracker import SlurmTracker
-from tests.executors_slurm.conftest import _cluster_problem, SETUP_SCRIPT  # noqa: F401
+from tests.executors_slurm.conftest import slurm_cluster  # noqa: F401 - the same session fixture
 
 _clusters = itertools.count(1)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slurm: needs the single-node Slurm cluster of deploy/test-slurm.sh")
-
-
-@pytest.fixture(scope="session")
-def slurm_cluster() -> str:
-    problem = _cluster_problem()
-    if problem is not None and SETUP_SCRIPT.exists():
-        subprocess.run([str(SETUP_SCRIPT)], capture_output=True, timeout=600, check=False)
-        problem = _cluster_problem()
-    if problem is not None:
-        pytest.skip(f"no Slurm cluster: {problem} (deploy/test-slurm.sh could not start one)")
-    return "ready"
 
 
 def slurm_backends(cluster: str, *, local: bool = True, poll_interval: float = 0.2) -> str:
