@@ -126,7 +126,9 @@ def test_cancelling_a_run_cancels_its_running_slurm_job(processes, hpc, tenant, 
     processes.worker("w1", extra_env=REMOTE_ENV)
     poller(processes)
     marker = tmp_path / "finished"
-    run = submit(tenant, author, [{"id": "long", "backend": "hpc", "run": f"sleep 60; touch {marker}"}])
+    # `&&`: Slurm signals the job's processes one by one, so the shell may outlive the killed sleep by a
+    # moment and start its next command; what must hold is that the job's work was stopped.
+    run = submit(tenant, author, [{"id": "long", "backend": "hpc", "run": f"sleep 60 && touch {marker}"}])
     wait_until(lambda: phase(run, "long") == "submitted", timeout=60, what="the submission")
     job = row(run, "long").external["external_id"]
     wait_until(lambda: slurm_state(job) == "RUNNING", timeout=60, what="the job to start")
