@@ -310,7 +310,6 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         user = self.scope.get("user")
         self.timer: asyncio.TimerHandle | None = None
         self.rechecking = asyncio.Lock()
-        self.outbox: asyncio.Queue | None = None
         self.wire = _wire(self.scope.get(SERVER_SEND))
         if user is None or not user.is_authenticated:
             await self._refuse(CLOSE_UNAUTHENTICATED)
