@@ -15,6 +15,7 @@ NAME = "audit_append"
 TITLE = "Audited appends vs plain INSERTs, with the sequencer running"
 TARGET_RATIO = 0.8
 PLAIN_TABLE = "bench_plain"
+PLAIN_PREPARED = "plain prepared"  # a reference case, N writers only: not the target's comparison
 EVENT = "tenant.created"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # the unit of /proc/stat
 SHORT_DRAIN = 2.0  # seconds after the writers stop within which the queue must be empty
@@ -25,10 +26,14 @@ HOW = (
     "bench database with its own connection (kept open, as `GATEHOUSE_DB_CONN_MAX_AGE` does in the server), each "
     "doing single-entry transactions back to back. Audited: `with transaction.atomic(): audit_append(event="
     "\"tenant.created\", tenant=t, data={slug, name})`, i.e. what every action adds to its own transaction: the "
-    "`AuditEntry` row and its `AuditPending` queue row, one commit. Plain: the same nine columns (`at`, `tenant_id`, "
+    "`AuditEntry` row and its `AuditPending` queue row, in one statement that `audit_append` prepares once per "
+    "connection (server-side binding, psycopg `prepare=True`: PostgreSQL parses and plans it once, then each append "
+    "sends its parameters only), one commit. Plain: the same nine columns (`at`, `tenant_id`, "
     "`actor_id`, `event`, `object_type`, `object_id`, `label`, `outcome`, and a `body` of the same shape and size "
     "as the audited entry's, JSON-encoded per row) in one raw-cursor INSERT inside `transaction.atomic()` on the "
-    "same Django connection, into `bench_plain`, made for the run as `CREATE TABLE bench_plain (LIKE "
+    "same Django connection, sent as Django's cursors send every statement (values bound on the client, the "
+    "statement parsed and planned by PostgreSQL on every execution, as Django sends the actions' own ORM writes), "
+    "into `bench_plain`, made for the run as `CREATE TABLE bench_plain (LIKE "
     "audit_auditentry INCLUDING DEFAULTS)` with its `id` replaced by a `bigserial` primary key: no triggers, no "
     "queue and no secondary indexes (`audit_auditentry` has two secondary indexes and no foreign-key "
     "constraints; its append-only triggers fire only on UPDATE, DELETE and TRUNCATE, never on INSERT; the "
@@ -36,7 +41,10 @@ HOW = (
     "a fixed time after an unmeasured warm-up (both stated below), all writers "
     "released together by a barrier; a transaction counts when it commits inside the measured window (each "
     "writer times itself with `time.perf_counter()`); appends/s is the total over the writers divided by the "
-    "window. Cases are interleaved in every round (audited ×1, plain ×1, audited ×N, plain ×N) and the figure "
+    "window. Cases are interleaved in every round (audited ×1, plain ×1, audited ×N, plain ×N, and a reference "
+    "case, plain prepared ×N: the plain INSERT, its parameters typed as the audited statement's, prepared the way "
+    "`audit_append` prepares its statement; it is not the target's comparison, it shows how much of the ratio the "
+    "preparing accounts for) and the figure "
     "per case is the median over rounds; the ratio is audited / plain of those medians. Call latencies are per "
     "transaction (BEGIN to COMMIT returned), pooled over rounds. Where the time goes, over each measured window: "
     "each writer's own CPU time (`resource.getrusage`) and its PostgreSQL backend's (from `/proc/<pid>/stat`, "
@@ -87,6 +95,9 @@ def _writer(index: int, commands, results, barriers: dict) -> None:
     where = context.current().as_dict()
     insert = (f"INSERT INTO {PLAIN_TABLE} ({', '.join(PLAIN_COLUMNS)}) "
               f"VALUES ({', '.join(['%s'] * len(PLAIN_COLUMNS))})")
+    # The reference case only (not the target's comparison): the same INSERT prepared, as audit_append's is.
+    prepared_insert = (f"INSERT INTO {PLAIN_TABLE} ({', '.join(PLAIN_COLUMNS)}) VALUES (%s::timestamptz, "
+                       "%s::bigint, %s::bigint, %s::text, %s::text, %s::text, %s::text, %s::text, %s::text::jsonb)")
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")
         backend = cursor.fetchone()[0]
@@ -108,6 +119,13 @@ def _writer(index: int, commands, results, barriers: dict) -> None:
         count, first_id, last_id, latencies = 0, None, None, []
         cpu_from = None
         cursor = connection.cursor()
+        if mode == PLAIN_PREPARED:
+            import psycopg
+
+            raw = connection.connection
+            if raw.prepare_threshold is None:
+                raw.prepare_threshold = 2**31 - 1  # as audit.services does: prepare=True works, nothing else
+            server_cursor = psycopg.Cursor(raw)
         while True:
             t0 = time.perf_counter()
             if t0 >= end:
@@ -124,9 +142,12 @@ def _writer(index: int, commands, results, barriers: dict) -> None:
                 # The same columns and a body of the same shape and size as audit_append's, no audit.
                 body = {"event": EVENT, "actor": None, "object": None, "label": None, "outcome": "success",
                         "error": None, "where": where, "data": data}
+                values = [timezone.now(), tenant.id, None, EVENT, "", "", "", "success", json.dumps(body)]
                 with transaction.atomic():
-                    cursor.execute(insert, [timezone.now(), tenant.id, None, EVENT, "", "", "", "success",
-                                            json.dumps(body)])
+                    if mode == PLAIN_PREPARED:
+                        server_cursor.execute(prepared_insert, values, prepare=True)
+                    else:
+                        cursor.execute(insert, values)
                 entry_id = None
             t1 = time.perf_counter()
             if measure_from <= t1 < end:
@@ -318,7 +339,7 @@ def run(ctx, *, append_seconds: float = 8.0, append_warmup: float = 1.0, append_
 
     sequencer = ctx.procs.command("audit-sequencer", ["audit_sequencer", "--loop"])
     writers = _Writers(n)
-    cases = (("audited", 1), ("plain", 1), ("audited", n), ("plain", n))
+    cases = (("audited", 1), ("plain", 1), ("audited", n), ("plain", n), (PLAIN_PREPARED, n))
     rates: dict[tuple, list[float]] = {c: [] for c in cases}
     latencies: dict[tuple, list[float]] = {c: [] for c in cases}
     client_cpu: dict[tuple, list[float]] = {c: [] for c in cases}
@@ -410,7 +431,8 @@ def run(ctx, *, append_seconds: float = 8.0, append_warmup: float = 1.0, append_
         Figure("writer processes (the N of the N-writer cases)", n, "processes"),
         Figure("measured window per case (after the warm-up below)", append_seconds, "s"),
         Figure("warm-up per case (not counted)", append_warmup, "s"),
-        Figure("rounds (each: audited ×1, plain ×1, audited ×N, plain ×N)", append_rounds, "rounds"),
+        Figure("rounds (each: audited ×1, plain ×1, audited ×N, plain ×N, plain prepared ×N)", append_rounds,
+               "rounds"),
         Figure("SQL statements Django sends per audited append in the action's transaction (plain: 1)",
                len(statements), "statements"),
     ]
@@ -453,6 +475,25 @@ def run(ctx, *, append_seconds: float = 8.0, append_warmup: float = 1.0, append_
         if sequencer_cpu[k]:
             figures.append(Figure(f"audited, {label}: sequencer process CPU (median of rounds, share of one CPU)",
                                   round(med(sequencer_cpu[k]) * 100, 1), "%"))
+        reference = (PLAIN_PREPARED, k)
+        if rates.get(reference):
+            figures += [
+                Figure(f"reference, {label}: {PLAIN_PREPARED}: appends/s (median of rounds)",
+                       round(med(rates[reference]), 1), "appends/s"),
+                Figure(f"reference, {label}: {PLAIN_PREPARED}: appends/s per round",
+                       " / ".join(f"{v:.0f}" for v in rates[reference]), ""),
+                Figure(f"reference, {label}: audited / {PLAIN_PREPARED}",
+                       round(med(rates[("audited", k)]) / med(rates[reference]), 2), "×"),
+            ]
+            if client_cpu[reference]:
+                figures.append(Figure(f"reference, {label}: {PLAIN_PREPARED}: writer process CPU per append",
+                                      round(med(client_cpu[reference]) * 1e6), "µs"))
+            if backend_cpu[reference]:
+                figures.append(Figure(f"reference, {label}: {PLAIN_PREPARED}: its PostgreSQL backend's CPU per "
+                                      "append", round(med(backend_cpu[reference]) * 1e6), "µs"))
+            if machine_per_op[reference]:
+                figures.append(Figure(f"reference, {label}: {PLAIN_PREPARED}: machine CPU per append, all processes",
+                                      round(med(machine_per_op[reference]) * 1e6), "µs"))
     for k in (1, n):
         label = "1 writer" if k == 1 else f"{k} writers"
         values, missing, batches = windows[k]
