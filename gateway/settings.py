@@ -322,6 +322,9 @@ GATEHOUSE_SPEC_LIMITS = {
     "max_depth": env.int("GATEHOUSE_SPEC_MAX_DEPTH", default=40),
     "max_nodes": env.int("GATEHOUSE_SPEC_MAX_NODES", default=500_000),
     "max_scalar_len": env.int("GATEHOUSE_SPEC_MAX_SCALAR_LEN", default=200_000),
+    # foreach/matrix: instances per fan-out task, and dependencies between instances.
+    "max_fanout": env.int("GATEHOUSE_SPEC_MAX_FANOUT", default=1_000),
+    "max_edges": env.int("GATEHOUSE_SPEC_MAX_EDGES", default=500_000),
 }
 # Largest analyst form input accepted with a decision.
 # Classification policies (gateway/labels.py): a JSON file of {"default": NAME, "policies": [...]};

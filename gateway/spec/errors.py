@@ -26,6 +26,10 @@ class Limits:
     max_depth: int = 40
     max_nodes: int = 500_000
     max_scalar_len: int = 200_000
+    #: Instances one ``foreach``/``matrix`` task may expand to (``max_tasks`` counts every instance).
+    max_fanout: int = 1_000
+    #: Dependency edges of the expanded graph (a fan-out needing a fan-out has one per pair).
+    max_edges: int = 500_000
 
 
 #: Stable issue codes and what they mean.  Callers may rely on these strings.
@@ -65,6 +69,13 @@ ISSUE_CODES: dict[str, str] = {
     "duplicate_option": "two options of one gate share a name",
     "missing_escalate_to": "on_timeout: escalate without escalate_to",
     "invalid_form_schema": "a gate's form is not a valid JSON Schema",
+    "bad_fanout": "a foreach/matrix that is not a non-empty list (or mapping of lists) of values",
+    "fanout_conflict": "a task with both foreach and matrix",
+    "gate_fanout": "foreach/matrix on a gate (gates do not fan out)",
+    "too_many_instances": "a foreach/matrix expanding to more than Limits.max_fanout instances",
+    "fanout_id_too_long": "a fan-out task's id leaves no room for the instance suffix '[N]' (64 characters in all)",
+    "fanout_input_path": "an input from a fan-out task whose per-instance directory collides with another input",
+    "too_many_edges": "the expanded graph has more dependencies than Limits.max_edges",
     "too_many_issues": "reporting stopped after this many issues",
 }
 

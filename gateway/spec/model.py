@@ -25,6 +25,7 @@ __all__ = [
     "RunSpec",
     "TaskSpec",
     "Workflow",
+    "instance_id",
     "topological_order",
 ]
 
@@ -34,6 +35,12 @@ GATE_OUTPUT = "input"  # the one artefact every gate produces: the analyst's for
 GATE_OUTPUT_MEDIA_TYPE = "application/json"
 APPROVE = "approve"
 REJECT = "reject"
+
+
+def instance_id(group: str, index: int) -> str:
+    """The id of instance ``index`` of fan-out task ``group``: ``group[index]``.  Task ids in a
+    file cannot contain brackets, so an instance id never collides with a task of the file."""
+    return f"{group}[{index}]"
 
 
 def _json_copy(value: Any) -> Any:
@@ -235,10 +242,18 @@ class TaskSpec:
     # {"tags": [...], "prefer": [...]} as given (task over defaults), or None; see gateway/placement.py.
     placement: dict | None = field(default=None, hash=False)
     backend_given: bool = True  # False: the file named no backend ("local" by default, or placed by tags)
+    # An instance of a foreach/matrix task: {"group": id in the file, "index": i, "count": n, "item": value}
+    # (a matrix item is the mapping of its combination); None for a task that does not fan out.
+    fanout: dict | None = field(default=None, hash=False)
 
     @property
     def is_gate(self) -> bool:
         return self.kind == GATE
+
+    @property
+    def group(self) -> str:
+        """The id the file gave this task: a fan-out instance's group, else its own id."""
+        return self.fanout["group"] if self.fanout else self.id
 
     def output_names(self) -> tuple[str, ...]:
         """Names of the artefacts this task produces (a gate produces ``"input"``)."""
@@ -264,6 +279,7 @@ class TaskSpec:
             "line": self.line,
             "placement": _json_copy(self.placement),
             "backend_given": self.backend_given,
+            "fanout": _json_copy(self.fanout),
         }
 
     @classmethod
@@ -288,6 +304,7 @@ class TaskSpec:
             line=d.get("line"),
             placement=_json_copy(d.get("placement")),
             backend_given=bool(d.get("backend_given", True)),
+            fanout=_json_copy(d.get("fanout")),
         )
 
 

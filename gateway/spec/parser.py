@@ -20,6 +20,8 @@ import copy
 import difflib
 import functools
 import hashlib
+import itertools
+import json
 import mimetypes
 import posixpath
 from dataclasses import replace
@@ -46,6 +48,7 @@ from .model import (
     RunSpec,
     TaskSpec,
     Workflow,
+    instance_id,
 )
 from .schema import location, schema_issues
 from .yamlload import Fatal, LineMap, decode_source, load_yaml, pointer_join, pointer_tokens
@@ -80,14 +83,57 @@ def parse_workflow(data: bytes | str, *, filename: str = "<input>", limits: Limi
         message = f"the workflow has more than {limits.max_tasks} tasks"
         raise SpecError([SpecIssue("too_many_tasks", message, lines.line("/tasks"), None, "/tasks")], filename)
 
-    checker = _Checker(document, lines)
+    checker = _Checker(document, lines, limits)
     issues = [replace(issue, task_id=checker.task_of(issue.path)) for issue in loaded.issues]
     issues += schema_issues(document, checker.issue)
     issues += checker.check()
     issues = _finalise(issues)
     if issues:
         raise SpecError(issues, filename)
+    # Sizes first, from the lists' lengths: a fan-out too large is refused before it is expanded.
+    issues = _expansion_issues(document, lines, limits)
+    if issues:
+        raise SpecError(issues, filename)
     return _build(document, lines, hashlib.sha256(raw).hexdigest())
+
+
+def fanout_size(task: Any, cap: int | None = None) -> int:
+    """How many instances a (schema-valid) task expands to: 1 without foreach/matrix.  With
+    ``cap``, counting stops once the product exceeds it (the result is then ``cap + 1``)."""
+    if not isinstance(task, dict):
+        return 1
+    foreach, matrix = task.get("foreach"), task.get("matrix")
+    if isinstance(foreach, list):
+        count = len(foreach)
+    elif isinstance(matrix, dict):
+        count = 1
+        for values in matrix.values():
+            count *= len(values) if isinstance(values, list) else 1
+            if cap is not None and count > cap:
+                return cap + 1
+    else:
+        return 1
+    return count if cap is None or count <= cap else cap + 1
+
+
+def _expansion_issues(document: dict, lines: LineMap, limits: Limits) -> list[SpecIssue]:
+    """The expanded workflow's size: every instance counts against ``max_tasks`` and every
+    instance-to-instance dependency against ``max_edges``.  Nothing is expanded here."""
+    tasks = document["tasks"]
+    sizes = {task["id"]: fanout_size(task, limits.max_fanout) for task in tasks}
+    total = sum(sizes.values())
+    if total > limits.max_tasks:
+        message = (f"the workflow expands to {total} tasks (foreach/matrix instances included); "
+                   f"the limit is {limits.max_tasks}")
+        return [SpecIssue("too_many_tasks", message, lines.line("/tasks"), None, "/tasks")]
+    edges = 0
+    for index, task in enumerate(tasks):
+        edges += sizes[task["id"]] * sum(sizes[need] for need in task.get("needs", ()))
+        if edges > limits.max_edges:
+            message = (f"the expanded workflow has more than {limits.max_edges} dependencies between task "
+                       f"instances (a fan-out that needs a fan-out depends on every instance of it)")
+            return [SpecIssue("too_many_edges", message, lines.line(f"/tasks/{index}"), task["id"], f"/tasks/{index}")]
+    return []
 
 
 def _finalise(issues: list[SpecIssue]) -> list[SpecIssue]:
@@ -141,9 +187,10 @@ class _Checker:
     """Semantic checks.  Every check tolerates values of the wrong type (the schema has
     already reported those) so that one broken field does not hide other problems."""
 
-    def __init__(self, document: dict, lines: LineMap) -> None:
+    def __init__(self, document: dict, lines: LineMap, limits: Limits | None = None) -> None:
         self.document = document
         self.lines = lines
+        self.limits = limits or Limits()
         tasks = document.get("tasks")
         self.tasks: list = tasks if isinstance(tasks, list) else []
         self.issues: list[SpecIssue] = []
@@ -304,8 +351,71 @@ class _Checker:
                 pointer,
             )
 
+    def _is_fanout(self, task_id: Any, ids: dict[str, int]) -> bool:
+        index = ids.get(task_id) if isinstance(task_id, str) else None
+        task = self.tasks[index] if index is not None else None
+        return isinstance(task, dict) and task.get("type") != GATE and ("foreach" in task or "matrix" in task)
+
+    def _check_fanout(self, index: int, task: dict) -> None:
+        """foreach/matrix: the number of instances (counted, never expanded), room for the
+        instance suffix in the id, matrix names that stay distinct as variable names."""
+        base = f"/tasks/{index}"
+        key = "foreach" if "foreach" in task else "matrix" if "matrix" in task else None
+        if key is None or ("foreach" in task and "matrix" in task):
+            return  # no fan-out, or the schema reports the conflict
+        value = task[key]
+        if key == "matrix" and isinstance(value, dict):
+            seen: dict[str, str] = {}
+            for name in value:
+                if not isinstance(name, str):
+                    continue
+                upper = name.upper()
+                if upper in seen:
+                    self.report("bad_fanout", f"matrix names {seen[upper]!r} and {name!r} both give the variable "
+                                              f"GATEHOUSE_MATRIX_{upper}", f"{base}/matrix/{name}")
+                seen.setdefault(upper, name)
+        if not (isinstance(value, list) and value) and not (
+                isinstance(value, dict) and value and all(isinstance(v, list) and v for v in value.values())):
+            return  # the schema reports it
+        cap = self.limits.max_fanout
+        count = fanout_size(task, cap)
+        if count > cap:
+            exact = "" if key == "matrix" else f" ({len(value)})"
+            self.report("too_many_instances", f"{key} expands to more than {cap} instances{exact}; the limit "
+                                              f"is {cap} per task", f"{base}/{key}")
+            return
+        task_id = task.get("id")
+        suffix = len(f"[{count - 1}]")
+        if isinstance(task_id, str) and len(task_id) + suffix > 64:
+            self.report("fanout_id_too_long", f"instance ids like '{task_id}[{count - 1}]' would be longer than 64 "
+                                              f"characters: shorten the id to at most {64 - suffix}", f"{base}/id")
+
+    def _check_fanout_inputs(self, base: str, inputs: list, ids: dict[str, int]) -> None:
+        """An input from a fan-out task is a directory holding one file per instance: it must
+        not be, contain or lie inside another input's path."""
+        paths: list[tuple[int, str, bool]] = []
+        for j, item in enumerate(inputs):
+            if not isinstance(item, dict) or not isinstance(item.get("from"), str) or _path_problem(item.get("path")):
+                continue
+            if not isinstance(item.get("path"), str) or not item["path"]:
+                continue
+            source = item["from"].partition("/")[0]
+            paths.append((j, posixpath.normpath(item["path"]), self._is_fanout(source, ids)))
+        for j, directory, fanned in paths:
+            if not fanned:
+                continue
+            for k, other, other_fanned in paths:
+                if k != j and not (other_fanned and k < j) and (other == directory or other.startswith(directory + "/")
+                               or directory.startswith(other + "/")):
+                    self.report("fanout_input_path",
+                                f"input {j} comes from a fan-out task and is staged as the directory "
+                                f"{directory!r} (one file per instance); input {k} at {other!r} collides with it",
+                                f"{base}/inputs/{j}/path")
+                    break
+
     def _check_plain(self, index: int, task: dict, ids: dict[str, int], ancestry: Ancestry) -> None:
         base = f"/tasks/{index}"
+        self._check_fanout(index, task)
         outputs = task.get("outputs")
         if isinstance(outputs, list):
             names: dict[str, int] = {}
@@ -351,6 +461,7 @@ class _Checker:
                             f"{base}/inputs/{j}/path",
                         )
                     seen.setdefault(normal, j)
+            self._check_fanout_inputs(base, inputs, ids)
 
     def _check_gate(self, index: int, task: dict, ids: dict[str, int], ancestry: Ancestry) -> None:
         base = f"/tasks/{index}"
@@ -456,15 +567,63 @@ def _timeout(value: Any) -> float | None:
     return None if value is None else parse_duration(value)
 
 
+def _fanout_items(raw: dict) -> list[Any] | None:
+    """The items of a foreach, or the combinations of a matrix (mappings, last name fastest);
+    None for a task that does not fan out.  Sizes were checked before this is called."""
+    if "foreach" in raw:
+        return list(raw["foreach"])
+    if "matrix" in raw:
+        names = list(raw["matrix"])
+        return [dict(zip(names, values)) for values in itertools.product(*(raw["matrix"][n] for n in names))]
+    return None
+
+
+def _env_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def fanout_env(group: str, index: int, count: int, item: Any, *, matrix: bool) -> dict[str, str]:
+    """The variables an instance receives (over the task's own ``env``)."""
+    env = {
+        "GATEHOUSE_FANOUT": group,
+        "GATEHOUSE_INDEX": str(index),
+        "GATEHOUSE_COUNT": str(count),
+        "GATEHOUSE_ITEM": json.dumps(item, sort_keys=True, separators=(",", ":")),
+    }
+    if matrix:
+        env.update({f"GATEHOUSE_MATRIX_{name.upper()}": _env_text(value) for name, value in item.items()})
+    return env
+
+
+def _expand_refs(refs: Any, instances: dict[str, list[str]]) -> list[tuple[ArtefactRef, int | None]]:
+    """Each ``task/name`` as is, or one reference per instance (with its index) for a fan-out task."""
+    out: list[tuple[ArtefactRef, int | None]] = []
+    for text in refs:
+        ref = ArtefactRef.parse(text)
+        group = instances.get(ref.task)
+        if group is None:
+            out.append((ref, None))
+        else:
+            out += [(ArtefactRef(task_id, ref.name), i) for i, task_id in enumerate(group)]
+    return out
+
+
 def _build(document: dict, lines: LineMap, digest: str) -> Workflow:
     defaults = document.get("defaults") or {}
     classification = document.get("classification") or "UNCLASSIFIED"
     task_classification = defaults.get("classification") or classification
+    items = {raw["id"]: _fanout_items(raw) for raw in document["tasks"]}
+    # The instance ids of every fan-out task; a need of one is a need of all of them (fan-in).
+    instances = {task_id: [instance_id(task_id, i) for i in range(len(values))]
+                 for task_id, values in items.items() if values is not None}
     tasks = []
     for index, raw in enumerate(document["tasks"]):
+        needs = []
+        for need in raw.get("needs", ()):
+            needs += instances.get(need, [need])
         common = dict(
             id=raw["id"],
-            needs=tuple(raw.get("needs", ())),
+            needs=tuple(needs),
             classification=raw.get("classification", task_classification),
             line=lines.line(f"/tasks/{index}"),
         )
@@ -472,7 +631,7 @@ def _build(document: dict, lines: LineMap, digest: str) -> Workflow:
             gate = GateSpec(
                 title=raw["title"],
                 instructions=raw.get("instructions", ""),
-                shows=tuple(ArtefactRef.parse(ref) for ref in raw.get("shows", ())),
+                shows=tuple(ref for ref, _ in _expand_refs(raw.get("shows", ()), instances)),
                 options=tuple(_option(option) for option in raw["options"]),
                 form=copy.deepcopy(raw.get("form")),
                 approvers=_principals(raw.get("approvers"), DEFAULT_APPROVERS),
@@ -487,7 +646,11 @@ def _build(document: dict, lines: LineMap, digest: str) -> Workflow:
         container = raw.get("container", defaults.get("container"))
         backend = raw.get("backend", defaults.get("backend"))
         placement = {**defaults.get("placement", {}), **raw.get("placement", {})}
-        tasks.append(
+        inputs = []
+        for item in raw.get("inputs", ()):
+            for ref, i in _expand_refs([item["from"]], instances):
+                inputs.append(InputSpec(ref, item["path"] if i is None else posixpath.join(item["path"], str(i))))
+        spec = (
             TaskSpec(
                 kind=TASK,
                 run=_run(raw["run"]),
@@ -496,7 +659,7 @@ def _build(document: dict, lines: LineMap, digest: str) -> Workflow:
                 placement={key: list(placement[key]) for key in ("tags", "prefer") if key in placement} or None,
                 resources=copy.deepcopy({**defaults.get("resources", {}), **raw.get("resources", {})}),
                 env={**defaults.get("env", {}), **raw.get("env", {})},
-                inputs=tuple(InputSpec(ArtefactRef.parse(i["from"]), i["path"]) for i in raw.get("inputs", ())),
+                inputs=tuple(inputs),
                 outputs=tuple(
                     OutputSpec(o["name"], o["path"], o.get("media_type") or guess_media_type(o["path"]))
                     for o in raw.get("outputs", ())
@@ -508,6 +671,18 @@ def _build(document: dict, lines: LineMap, digest: str) -> Workflow:
                 **common,
             )
         )
+        values = items[raw["id"]]
+        if values is None:
+            tasks.append(spec)
+            continue
+        group, count, matrix = raw["id"], len(values), "matrix" in raw
+        for i, (task_id, value) in enumerate(zip(instances[group], values)):
+            tasks.append(replace(
+                spec,
+                id=task_id,
+                env={**spec.env, **fanout_env(group, i, count, value, matrix=matrix)},
+                fanout={"group": group, "index": i, "count": count, "item": copy.deepcopy(value)},
+            ))
     return Workflow(
         api_version=document["apiVersion"],
         name=document["name"],

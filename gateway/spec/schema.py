@@ -40,7 +40,9 @@ GATE_ONLY_KEYS = frozenset(
         "escalate_to",
     }
 )
-PLAIN_ONLY_KEYS = frozenset({"run", "backend", "placement", "resources", "env", "inputs", "outputs", "retries", "container"})
+PLAIN_ONLY_KEYS = frozenset({"run", "backend", "placement", "resources", "env", "inputs", "outputs", "retries",
+                             "container", "foreach", "matrix"})
+FANOUT_KEYS = frozenset({"foreach", "matrix"})
 
 
 @functools.lru_cache(maxsize=1)
@@ -231,7 +233,10 @@ def _translate(error: ValidationError, make_issue: IssueFactory) -> Iterator[Spe
             if key in allowed or any(p.search(key) for p in patterns):
                 continue
             key_pointer = pointer_join(pointer, key)
-            if is_task and is_gate and key in PLAIN_ONLY_KEYS:
+            if is_task and is_gate and key in FANOUT_KEYS:
+                yield make_issue("gate_fanout", f"a gate cannot fan out ({key!r} is only for plain tasks; "
+                                                "make the gate need the fan-out task instead)", key_pointer)
+            elif is_task and is_gate and key in PLAIN_ONLY_KEYS:
                 yield make_issue("not_allowed_on_gate", f"a gate must not have {key!r}", key_pointer)
             elif is_task and not is_gate and key in GATE_ONLY_KEYS:
                 yield make_issue(
