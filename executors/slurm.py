@@ -20,7 +20,9 @@ Lifecycle of a job:
    ("CANCELLED ... DUE TO TIME LIMIT") go to ``.gatehouse/slurm.log`` (arrays: a per-array
    directory next to the work dirs) and are appended to stderr by :meth:`collect`.
 3. :meth:`poll_many` answers from the cluster's :class:`~executors.slurm_tracker.SlurmTracker`:
-   one ``squeue --json`` per poll interval for every job of the process.
+   one ``squeue --json`` per poll interval for every job of the process; the jobs that left the
+   queue are settled by one ``sacct`` for all of them where the cluster keeps accounting, else
+   by ``scontrol show job``.
 4. :meth:`cancel` runs ``scancel``; :meth:`collect` checks the declared outputs as ``local`` does.
 
 Jobs are submitted with ``--no-requeue`` unless configured otherwise: Gatehouse retries a task as
@@ -33,15 +35,19 @@ starts a new attempt counting no failure; PENDING when ``requeue`` lets Slurm re
 ``CANCELLED`` -> CANCELLED, ``REQUEUED`` and pending states -> PENDING ("requeued n times"),
 ``REVOKED`` -> LOST; a job Slurm no longer knows -> LOST.
 
-Drivers: this module is the CLI driver. :func:`choose_driver` picks pyslurm only when it is
-importable, matches the installed Slurm's major.minor and a pyslurm driver is built in (none is
-yet); slurmrestd is not used.
+Drivers: this module is the CLI driver; :mod:`executors.slurm_pyslurm` is the pyslurm driver (Slurm's
+C API in the worker's process). :func:`choose_driver` picks pyslurm only when it is importable, its
+major.minor matches the installed Slurm's and the configuration is one pyslurm can serve (this host's
+controller: no SSH login node, no per-tenant JWT, no other ``slurm.conf``); otherwise the CLI, with
+the reason logged. Both drivers take the job's fields from :func:`job_fields`, run the same
+:func:`batch_script` and map states through :func:`record_status`. slurmrestd is not used.
 
 Pure Python, no Django.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -66,7 +72,7 @@ from .base import (
 from .local import RUNTIME_OPTIONS, SAFE_PATH, container_options, resolve_argv, task_env
 from .remote import RemoteExecutor
 from .workdir import CONTROL_DIR, _abs_workdir, _ensure_private_dir, check_inputs, collect_workdir, prepare_workdir
-from .slurm_tracker import SlurmTracker
+from .slurm_tracker import ACCOUNTING_MODES, SlurmTracker
 
 __all__ = [
     "APPTAINER_OPTIONS",
@@ -80,10 +86,14 @@ __all__ = [
     "choose_driver",
     "container_command",
     "job_comment",
+    "job_fields",
     "job_name",
+    "parse_sacct_text",
     "parse_scontrol_jobs",
     "parse_squeue_json",
     "record_status",
+    "resource_fields",
+    "sbatch_job_options",
     "sbatch_options",
 ]
 
@@ -99,6 +109,9 @@ _DURATION = re.compile(
 )
 _SLURM_TIME = re.compile(r"^(\d+-)?\d+(:\d+){0,2}$")
 _TAG_VALUE = re.compile(r"[^A-Za-z0-9_.:/@+-]+")
+
+
+logger = logging.getLogger(__name__)
 
 
 def _bad(message: str) -> ExecutorError:
@@ -207,6 +220,14 @@ class SlurmCommands:
         if job_ids:
             argv.append("--jobs=" + ",".join(job_ids))
         return argv
+
+    def sacct_argv(self, job_ids: Sequence[str]) -> list[str]:
+        """Accounting's records of these jobs (ids or ``<array>_<index>``), allocations only, as
+        ``|``-separated :data:`SACCT_FIELDS`. ``--jobs`` makes sacct look back to the epoch, not
+        just since midnight. Not ``--json``: Slurm 22.05's sacct JSON reports exit code 0 for a job
+        that failed with 3 (its ``--parsable2`` says ``3:0``)."""
+        return [self.program("sacct"), "--allocations", "--jobs=" + ",".join(job_ids), "--noheader", "--parsable2",
+                "--format=" + ",".join(SACCT_FIELDS)]
 
     def scontrol_show_argv(self, job: str | None) -> list[str]:
         argv = [self.program("scontrol"), "show", "job", "-o"]
@@ -320,19 +341,25 @@ def _major_minor(version: str | None) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
+#: The drivers built in: the command-line tools (this module) and pyslurm (executors.slurm_pyslurm).
+IMPLEMENTED_DRIVERS: frozenset[str] = frozenset({"cli", "pyslurm"})
+
+
 def choose_driver(
     requested: str,
     *,
     pyslurm_version: str | None,
     slurm_version: str | None,
-    implemented: frozenset[str] = frozenset({"cli"}),
+    implemented: frozenset[str] = IMPLEMENTED_DRIVERS,
+    unsupported: str | None = None,
 ) -> tuple[str, str]:
     """Which driver talks to Slurm, and why.
 
     ``requested`` is ``auto``, ``cli`` or ``pyslurm``. pyslurm is chosen (for ``auto``) or accepted
     (when asked for) only if it is importable (``pyslurm_version`` not None), its major.minor equals
-    the installed Slurm's, and a pyslurm driver is implemented. Raises
-    ``ExecutorError("driver_unavailable")`` when the requested driver cannot be used.
+    the installed Slurm's, the configuration is one it can serve (``unsupported`` says why not) and
+    a pyslurm driver is implemented. Raises ``ExecutorError("driver_unavailable")`` when the
+    requested driver cannot be used.
     """
     if requested not in ("auto", "cli", "pyslurm"):
         raise _bad(f"unknown Slurm driver {requested!r} (auto, cli or pyslurm)")
@@ -342,6 +369,8 @@ def choose_driver(
         why = "pyslurm is not importable"
     elif _major_minor(pyslurm_version) is None or _major_minor(pyslurm_version) != _major_minor(slurm_version):
         why = f"pyslurm {pyslurm_version} does not match Slurm {slurm_version or 'unknown'}"
+    elif unsupported:
+        why = f"pyslurm {pyslurm_version} cannot serve this cluster's configuration: {unsupported}"
     elif "pyslurm" not in implemented:
         why = f"pyslurm {pyslurm_version} matches Slurm {slurm_version}, but no pyslurm driver is built in"
     else:
@@ -456,21 +485,23 @@ RESOURCE_OPTIONS = {
 }
 
 
-def sbatch_options(
+def resource_fields(
     resources: Mapping[str, Any], timeout: float | None, *, defaults: Mapping[str, Any] | None = None
-) -> list[str]:
-    """sbatch options for a task's resources over the cluster's defaults, in a fixed order.
+) -> dict[str, Any]:
+    """A task's resources over the cluster's defaults as checked Slurm values (pure), in
+    :data:`RESOURCE_OPTIONS` order then ``time``: ``memory`` in whole MiB, ``cpus``/``nodes``/``gpus``
+    as counts, ``time`` in whole minutes (or Slurm's own ``[D-]HH:MM:SS`` string), the rest strings.
 
     ``time`` in the resources wins over the request's timeout. Unknown resource names are
-    ignored (specs may carry hints for other backends)."""
+    ignored (specs may carry hints for other backends). Both drivers submit these values."""
     merged = {**(defaults or {}), **{k: v for k, v in resources.items() if v is not None}}
-    options = []
-    for name, flag in RESOURCE_OPTIONS.items():
+    fields: dict[str, Any] = {}
+    for name in RESOURCE_OPTIONS:
         if name not in merged:
             continue
         value = merged[name]
         if name == "memory":
-            options.append(f"{flag}={_memory(value)}")
+            fields[name] = int(_memory(value)[:-1])
         elif name in ("cpus", "nodes", "gpus"):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise _bad(f"resource {name}={value!r} must be a positive number")
@@ -478,12 +509,69 @@ def sbatch_options(
             if count == 0 and name != "gpus":
                 raise _bad(f"resource {name}={value!r} must be positive")
             if count:
-                options.append(f"{flag}={count}")
+                fields[name] = count
         else:
-            options.append(f"{flag}={_option_value(name, value)}")
+            fields[name] = _option_value(name, value)
     limit = merged.get("time", timeout)
     if limit is not None:
-        options.append(f"--time={_time_limit(limit)}")
+        text = _time_limit(limit)
+        fields["time"] = int(text) if text.isdigit() else text
+    return fields
+
+
+def sbatch_options(
+    resources: Mapping[str, Any], timeout: float | None, *, defaults: Mapping[str, Any] | None = None
+) -> list[str]:
+    """sbatch options for a task's resources over the cluster's defaults (see :func:`resource_fields`)."""
+    return _resource_options(resource_fields(resources, timeout, defaults=defaults))
+
+
+def _resource_options(fields: Mapping[str, Any]) -> list[str]:
+    return [f"{RESOURCE_OPTIONS.get(name, '--time')}={value}{'M' if name == 'memory' else ''}"
+            for name, value in fields.items()]
+
+
+def job_fields(
+    requests: Sequence[JobRequest],
+    *,
+    log_path: str,
+    defaults: Mapping[str, Any] | None = None,
+    requeue: bool = False,
+) -> dict[str, Any]:
+    """What Slurm is told about one request or an array of them (pure; both drivers submit it).
+
+    ``name`` and ``comment`` carry the tags, ``workdir`` is the first request's work dir,
+    ``output`` the file for Slurm's own messages (appended to), ``resources`` the first request's
+    :func:`resource_fields` and ``array`` ``0-(N-1)`` for N > 1 requests (None otherwise)."""
+    if not requests:
+        raise _bad("no request to submit")
+    first = requests[0]
+    single = len(requests) == 1
+    return {
+        "name": job_name(first.job_key) if single else job_name(_array_key(requests)),
+        "comment": job_comment(first) if single else _array_comment(requests),
+        "workdir": _abs_workdir(first),
+        "output": log_path,
+        "open_mode": "append",
+        "requeue": bool(requeue),
+        "resources": resource_fields(first.resources, first.timeout, defaults=defaults),
+        "array": None if single else f"0-{len(requests) - 1}",
+    }
+
+
+def sbatch_job_options(fields: Mapping[str, Any]) -> list[str]:
+    """The sbatch options for :func:`job_fields` (pure), in a fixed order."""
+    options = [
+        f"--job-name={fields['name']}",
+        f"--comment={fields['comment']}",
+        f"--chdir={fields['workdir']}",
+        f"--output={fields['output']}",
+        f"--open-mode={fields['open_mode']}",
+        "--requeue" if fields["requeue"] else "--no-requeue",
+        *_resource_options(fields["resources"]),
+    ]
+    if fields.get("array"):
+        options.append(f"--array={fields['array']}")
     return options
 
 
@@ -706,6 +794,50 @@ def parse_scontrol_jobs(text: str) -> dict[str, dict[str, Any]]:
     return out
 
 
+#: ``sacct --parsable2`` columns read by :func:`parse_sacct_text` (free text last).
+SACCT_FIELDS = ("JobID", "JobIDRaw", "State", "ExitCode", "NodeList", "TimelimitRaw", "Reason", "JobName", "Comment")
+
+
+def parse_sacct_text(text: str) -> dict[str, dict[str, Any]]:
+    """``sacct --noheader --parsable2 --format=<SACCT_FIELDS>`` -> {job key: normalised record}
+    (the shape of :func:`parse_squeue_json`).
+    ``CANCELLED by 1000`` is CANCELLED; ``123_[4-6]`` (elements not started) gives 123_4..123_6."""
+    out: dict[str, dict[str, Any]] = {}
+    width = len(SACCT_FIELDS)
+    for line in text.splitlines():
+        parts = line.split("|", width - 1)
+        if len(parts) < width or not parts[1].isdigit():
+            continue
+        f = dict(zip(SACCT_FIELDS, parts))
+        exit_pair = None
+        if re.match(r"^\d+:\d+$", f["ExitCode"]):
+            code, sig = f["ExitCode"].split(":")
+            exit_pair = (int(code), int(sig))
+        limit = int(f["TimelimitRaw"]) if f["TimelimitRaw"].isdigit() else f["TimelimitRaw"]  # minutes
+        record = {
+            "job_id": f["JobIDRaw"],
+            "state": _state_of((f["State"].split() or [""])[0])[0],
+            "flags": (),
+            "reason": f["Reason"],
+            "exit": exit_pair,
+            "restarts": 0,  # sacct shows the latest run of a requeued job; it has no restart count
+            "nodes": f["NodeList"],
+            "time_limit": limit,
+            "name": f["JobName"],
+            "comment": f["Comment"],
+        }
+        match = re.match(r"^(\d+)_(\d+|\[([0-9,%:\-]+)\])$", f["JobID"])
+        if match and match.group(3) is not None:
+            keys = [f"{match.group(1)}_{i}" for i in _expand_array_string(match.group(3))]
+        elif match:
+            keys = [f"{match.group(1)}_{match.group(2)}"]
+        else:
+            keys = [f["JobIDRaw"]]
+        for key in keys:
+            out[key] = {**record, "key": key}
+    return out
+
+
 _PENDING_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD", "CONFIGURING",
                              "POWER_UP_NODE"})
 _RUNNING_STATES = frozenset({"RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT",
@@ -807,6 +939,9 @@ class SlurmExecutor(RemoteExecutor):
     * ``requeue``: let Slurm requeue jobs (off: a retry is a new Gatehouse attempt).
     * ``timeout_grace``: how long past a task's timeout :meth:`wait` trusts Slurm to enforce it.
     * ``driver``: ``auto``, ``cli`` or ``pyslurm`` (see :func:`choose_driver`).
+    * ``accounting``: ``auto`` (use ``sacct`` for jobs that left the queue if the cluster keeps
+      accounting, found out once), ``on`` or ``off`` (``true``/``false`` alike); see
+      :class:`~executors.slurm_tracker.SlurmTracker`.
     """
 
     name = "slurm"
@@ -833,10 +968,15 @@ class SlurmExecutor(RemoteExecutor):
         requeue: bool = False,
         timeout_grace: float = 120.0,
         driver: str = "auto",
+        accounting: str | bool = "auto",
         credentials: Mapping[str, str] | None = None,
     ) -> None:
         if not cluster or any(c.isspace() for c in cluster):
             raise _bad(f"invalid cluster name {cluster!r}")
+        if isinstance(accounting, bool):
+            accounting = "on" if accounting else "off"
+        if accounting not in ACCOUNTING_MODES:
+            raise _bad(f"accounting must be auto, on or off, not {accounting!r}")
         target = SshTarget(**ssh) if isinstance(ssh, Mapping) else ssh
         self.cluster = cluster
         self.defaults = dict(defaults or {})
@@ -857,15 +997,33 @@ class SlurmExecutor(RemoteExecutor):
         jwt = (credentials or {}).get("slurm_jwt")
         if jwt:
             self.commands.extra_env = {"SLURM_JWT": str(jwt)}
-        self.bucket = _bucket_for(cluster, submit_rate, submit_burst)
-        self.tracker = SlurmTracker.for_cluster(cluster, self.commands, poll_interval=poll_interval,
-                                                max_backoff=max_backoff)
         pyslurm_version = detect_pyslurm_version() if driver != "cli" else None
+        # pyslurm talks to the controller of this process's slurm.conf with this process's identity.
+        unsupported = None
+        if target is not None:
+            unsupported = "a login node over SSH"
+        elif jwt:
+            unsupported = "a per-tenant Slurm JWT"
+        elif slurm_conf and slurm_conf != os.environ.get("SLURM_CONF"):
+            unsupported = f"another slurm.conf ({slurm_conf})"
         self.driver, self.driver_reason = choose_driver(
             driver,
             pyslurm_version=pyslurm_version,
             slurm_version=detect_slurm_version(self.commands) if pyslurm_version else None,
+            unsupported=unsupported,
         )
+        logger.info("Slurm cluster %r: %s driver, %s", cluster, self.driver, self.driver_reason)
+        self.bucket = _bucket_for(cluster, submit_rate, submit_burst)
+        self._pyslurm: Any = None
+        if self.driver == "pyslurm":
+            from .slurm_pyslurm import PyslurmDriver
+
+            self._pyslurm = PyslurmDriver(cluster, self.commands, path=path, poll_interval=poll_interval,
+                                          max_backoff=max_backoff, accounting=accounting)
+            self.tracker: Any = self._pyslurm.tracker
+        else:
+            self.tracker = SlurmTracker.for_cluster(cluster, self.commands, poll_interval=poll_interval,
+                                                    max_backoff=max_backoff, accounting=accounting)
 
     # ---------------------------------------------------------------- staging
 
@@ -895,25 +1053,20 @@ class SlurmExecutor(RemoteExecutor):
     def build_sbatch(self, requests: Sequence[JobRequest], *, log_path: str) -> tuple[list[str], str]:
         """The exact ``sbatch`` argv (without ssh) and batch script for one request or an array
         (pure: no I/O). All elements of an array share the first request's resources."""
-        first = requests[0]
-        options = [
-            f"--job-name={job_name(first.job_key) if len(requests) == 1 else job_name(_array_key(requests))}",
-            f"--comment={job_comment(first) if len(requests) == 1 else _array_comment(requests)}",
-            f"--chdir={_abs_workdir(first)}",
-            f"--output={log_path}",
-            "--open-mode=append",
-            "--requeue" if self.requeue else "--no-requeue",
-            *sbatch_options(first.resources, first.timeout, defaults=self.defaults),
-        ]
-        if len(requests) > 1:
-            options.append(f"--array=0-{len(requests) - 1}")
+        fields = job_fields(requests, log_path=log_path, defaults=self.defaults, requeue=self.requeue)
         script = batch_script(requests, wrapper=self.container_wrapper, path=self.path)
-        return self.commands.sbatch_argv(options), script
+        return self.commands.sbatch_argv(sbatch_job_options(fields)), script
 
-    def _sbatch(self, argv: list[str], script: str) -> str:
+    def _sbatch(self, argv: list[str], script: str, requests: Sequence[JobRequest], log_path: str) -> str:
+        """One rate-limit token, then one submission through the driver: ``sbatch`` (``argv``) or
+        pyslurm (the same :func:`job_fields`, the script kept next to ``log_path``)."""
         if not self.bucket.acquire(timeout=self.submit_wait):
             raise ExecutorError("rate_limited", f"no submission slot for cluster {self.cluster!r} within "
                                                 f"{self.submit_wait:g}s (rate {self.bucket.rate:g}/s)")
+        if self._pyslurm is not None:
+            fields = job_fields(requests, log_path=log_path, defaults=self.defaults, requeue=self.requeue)
+            return self._pyslurm.submit(fields, script, script_path=os.path.join(os.path.dirname(log_path),
+                                                                                 "batch.sh"))
         try:
             result = self.commands.run(argv, stdin=script)
         except SlurmCommandError as exc:
@@ -929,7 +1082,7 @@ class SlurmExecutor(RemoteExecutor):
         log_path = os.path.join(staged.workdir, CONTROL_DIR, SLURM_LOG)
         argv, script = self.build_sbatch([req], log_path=log_path)
         self._stage(staged)
-        job_id = self._sbatch(argv, script)
+        job_id = self._sbatch(argv, script, [req], log_path)
         self.tracker.track([job_id])
         return self._handle(job_id, job_id, req, log_path, array=None)
 
@@ -954,7 +1107,7 @@ class SlurmExecutor(RemoteExecutor):
             _ensure_private_dir(log_dir, "array log directory")
         except OSError as exc:
             raise ExecutorError("staging_failed", f"cannot create {log_dir!r}: {exc}") from exc
-        array_id = self._sbatch(argv, script)
+        array_id = self._sbatch(argv, script, requests, os.path.join(log_dir, "%a.log"))
         handles = [
             self._handle(f"{array_id}_{i}", array_id, req, os.path.join(log_dir, f"{i}.log"), array=i)
             for i, req in enumerate(requests)
@@ -1017,15 +1170,20 @@ class SlurmExecutor(RemoteExecutor):
             raise _bad(why)
         return self.tracker.statuses([handle.external_id], force=True)[handle.external_id]
 
+    def _queue_records(self, name: str) -> dict[str, dict[str, Any]]:
+        """Every job the controller knows, as normalised records (one query, either driver)."""
+        if self._pyslurm is not None:
+            return self._pyslurm.records()
+        try:
+            return parse_squeue_json(self.commands.run(self.commands.squeue_argv([])).stdout)
+        except SlurmCommandError as exc:
+            raise ExecutorError("slurm_unavailable", f"cannot ask Slurm for {name}: {exc}") from exc
+
     def lookup(self, req: JobRequest) -> JobHandle | None:
         """The job already submitted for ``req`` (found by its job name), if Slurm still knows it:
         for a worker that died between ``sbatch`` and recording the job id."""
         name = job_name(req.job_key)
-        try:
-            result = self.commands.run(self.commands.squeue_argv([]))
-            records = parse_squeue_json(result.stdout)
-        except SlurmCommandError as exc:
-            raise ExecutorError("slurm_unavailable", f"cannot ask Slurm for {name}: {exc}") from exc
+        records = self._queue_records(name)
         matches = sorted((r for r in records.values() if r["name"] == name), key=lambda r: int(r["job_id"]))
         if not matches:
             return None
@@ -1034,13 +1192,35 @@ class SlurmExecutor(RemoteExecutor):
         self.tracker.track([job_id])
         return self._handle(job_id, job_id, req, log_path, array=None)
 
+    def lookup_array(self, requests: Sequence[JobRequest]) -> list[JobHandle] | None:
+        """The job array already submitted for ``requests`` (found by its name), as
+        :meth:`submit_array` returned it, if Slurm still knows it."""
+        requests = list(requests)
+        if len(requests) < 2:
+            handle = self.lookup(requests[0]) if requests else None
+            return None if handle is None else [handle]
+        name = job_name(_array_key(requests))
+        records = self._queue_records(name)
+        ids = sorted({r["key"].split("_", 1)[0] for r in records.values() if r["name"] == name and "_" in r["key"]},
+                     key=int)
+        if not ids:
+            return None
+        log_dir = os.path.join(os.path.dirname(_abs_workdir(requests[0])), f".slurm-{sanitize_job_key(_array_key(requests))}")
+        handles = [self._handle(f"{ids[-1]}_{i}", ids[-1], req, os.path.join(log_dir, f"{i}.log"), array=i)
+                   for i, req in enumerate(requests)]
+        self.tracker.track([h.external_id for h in handles])
+        return handles
+
     # ---------------------------------------------------------------- cancel, collect
 
     def cancel(self, handle: JobHandle) -> None:
-        """``scancel``; a job Slurm has finished or forgotten is not an error."""
+        """``scancel`` (or pyslurm); a job Slurm has finished or forgotten is not an error."""
         why = self._foreign(handle)
         if why:
             raise _bad(why)
+        if self._pyslurm is not None:
+            self._pyslurm.cancel(handle.external_id)
+            return
         try:
             result = self.commands.run(self.commands.scancel_argv(handle.external_id), check=False)
         except SlurmCommandError as exc:

@@ -11,9 +11,16 @@ Rules:
 * a job seen in a final state keeps it (Slurm never changes a finished job again);
 * a query that fails or times out makes every unfinished job ``UNKNOWN`` and backs off
   (``poll_interval * 2**n``, at most ``max_backoff``); finished jobs keep their state;
-* a job missing from the queue is ``UNKNOWN`` until ``scontrol show job`` confirms what became of
-  it (its final state, or ``LOST`` when Slurm no longer knows the id: without accounting Slurm
-  forgets finished jobs after ``MinJobAge`` seconds).
+* a job missing from the queue is ``UNKNOWN`` until accounting or ``scontrol show job`` confirms
+  what became of it. Where the cluster has accounting (``accounting``: ``auto`` finds out once,
+  from sacct's first answer; ``on``; ``off``), ONE ``sacct --jobs=...`` for all the jobs that
+  vanished in a refresh gives their final states (an array element is ``<id>_<index>``); what
+  accounting does not know is asked of ``scontrol show job`` (at most
+  :data:`MAX_CONFIRMATIONS_PER_REFRESH` a refresh): its final state, or ``LOST`` when Slurm no
+  longer knows the id (without accounting Slurm forgets finished jobs after ``MinJobAge``
+  seconds). A sacct that fails or times out leaves those jobs ``UNKNOWN`` (never a guessed final
+  state, and no ``scontrol`` either: "Invalid job id" then would read as LOST) and backs off
+  accounting alone; the squeue query of the next refresh goes ahead as usual.
 
 Pure Python, no Django. The commands run through a :class:`~executors.slurm.SlurmCommands`
 (locally or over SSH); see :mod:`executors.slurm` for the parsers.
@@ -35,8 +42,11 @@ __all__ = ["SlurmTracker"]
 #: At most this many ``scontrol show job`` confirmations per refresh (a mass disappearance, e.g.
 #: a controller that lost its state, must not turn into thousands of calls at once).
 MAX_CONFIRMATIONS_PER_REFRESH = 32
-#: Beyond this many ids, ``--jobs=`` is left out and the answer filtered here (argv length).
+#: Beyond this many ids, ``--jobs=`` is left out and the answer filtered here (argv length); sacct
+#: is asked about at most this many vanished jobs a refresh (the rest wait for the next one).
 MAX_IDS_ON_COMMAND_LINE = 500
+#: The values of the ``accounting`` option.
+ACCOUNTING_MODES = ("auto", "on", "off")
 
 
 class SlurmTracker(StatusTracker):
@@ -52,17 +62,29 @@ class SlurmTracker(StatusTracker):
         poll_interval: float = 10.0,
         max_backoff: float = 300.0,
         use_json: bool | None = None,
+        accounting: str = "auto",
     ) -> None:
         super().__init__(poll_interval=poll_interval, max_backoff=max_backoff)
+        if accounting not in ACCOUNTING_MODES:
+            raise ValueError(f"accounting must be one of {', '.join(ACCOUNTING_MODES)}, not {accounting!r}")
         self.cluster = cluster
         self.commands = commands
         #: None: try ``squeue --json`` and fall back to ``scontrol show job -o`` if refused.
         self.use_json = use_json
         # ``queries`` counts squeue (or scontrol -o for all jobs) calls
         self.confirmations = 0  # scontrol show job <id> calls for vanished jobs
+        self.accounting = accounting
+        #: Whether sacct is asked about vanished jobs: None until ``auto`` has seen sacct's first answer.
+        self.accounting_available: bool | None = {"on": True, "off": False}.get(accounting)
+        self.accounting_queries = 0  # sacct calls (one per refresh at most)
+        self.accounting_failures = 0  # consecutive failed sacct calls
+        self._accounting_next = float("-inf")
+        self.last_accounting_error = ""
 
     @classmethod
-    def for_cluster(cls, cluster: str, commands: SlurmCommands, **options: float | bool | None) -> SlurmTracker:
+    def for_cluster(
+        cls, cluster: str, commands: SlurmCommands, **options: float | bool | str | None
+    ) -> SlurmTracker:
         """The process-wide tracker of ``cluster`` (created on first use with these options)."""
         return cls._shared(cluster, lambda: cls(cluster, commands, **options))  # type: ignore[arg-type]
 
@@ -86,11 +108,60 @@ class SlurmTracker(StatusTracker):
                 missing.append(key)
             else:
                 self._status[key] = record_status(record)
-        for index, key in enumerate(missing):
+        if not missing:
+            return
+        unconfirmed = self._from_accounting(missing, record_status)
+        for index, key in enumerate(unconfirmed):
             if index >= MAX_CONFIRMATIONS_PER_REFRESH:
                 self._status[key] = JobStatus(JobState.UNKNOWN, None, "not in the queue; to be confirmed")
                 continue
             self._status[key] = self._confirm(key, parse_scontrol_jobs, record_status, SlurmCommandError)
+
+    def _from_accounting(self, missing: list[str], record_status) -> list[str]:
+        """Settle the jobs that left the queue from ONE sacct call; returns those left for
+        ``scontrol`` (all of them when accounting is off or absent, none when sacct failed)."""
+        from .slurm import SlurmCommandError, parse_sacct_text
+
+        if self.accounting_available is False:
+            return missing
+        now = time.monotonic()
+        if now < self._accounting_next:
+            wait = self._accounting_next - now
+            for key in missing:
+                self._status[key] = JobStatus(
+                    JobState.UNKNOWN, None,
+                    f"not in the queue; accounting failed ({self.last_accounting_error}), next try in {wait:.0f}s")
+            return []
+        asked, later = missing[:MAX_IDS_ON_COMMAND_LINE], missing[MAX_IDS_ON_COMMAND_LINE:]
+        for key in later:
+            self._status[key] = JobStatus(JobState.UNKNOWN, None, "not in the queue; to be confirmed by accounting")
+        ids = sorted({k.split("_", 1)[0] for k in asked}, key=int)
+        self.accounting_queries += 1
+        try:
+            records = parse_sacct_text(self.commands.run(self.commands.sacct_argv(ids)).stdout)
+        except SlurmCommandError as exc:
+            if self.accounting == "auto" and self.accounting_available is None and _no_accounting(exc):
+                self.accounting_available = False  # found out once: this cluster keeps no accounting
+                return missing
+            self.accounting_failures += 1
+            self.last_accounting_error = str(exc)
+            backoff = min(self.max_backoff, max(self.poll_interval, 0.5) * (2 ** min(self.accounting_failures, 16)))
+            self._accounting_next = time.monotonic() + backoff
+            for key in asked:
+                self._status[key] = JobStatus(JobState.UNKNOWN, None, f"not in the queue, and accounting failed "
+                                                                      f"({exc}); next try in {backoff:.0f}s")
+            return []
+        self.accounting_available = True
+        self.accounting_failures = 0
+        self.last_accounting_error = ""
+        rest = []
+        for key in asked:
+            record = records.get(key)
+            if record is None:
+                rest.append(key)
+            else:
+                self._status[key] = record_status(record)
+        return rest
 
     def _query(self, base_ids: list[str], parse_json, parse_text) -> dict[str, dict]:
         """One query for all jobs: ``squeue --json`` (filtered by id where Slurm honours it; 22.05
@@ -129,11 +200,14 @@ class SlurmTracker(StatusTracker):
             if record is not None:
                 return record_status(record)
         if "Invalid job id" in result.stderr:
-            return JobStatus(
-                JobState.LOST,
-                None,
-                f"Slurm no longer knows job {key} (finished jobs are forgotten after MinJobAge without "
-                "accounting): its outcome is unknown",
-            )
+            why = ("and accounting has no record of it" if self.accounting_available
+                   else "(finished jobs are forgotten after MinJobAge without accounting)")
+            return JobStatus(JobState.LOST, None, f"Slurm no longer knows job {key} {why}: its outcome is unknown")
         detail = (result.stderr or result.stdout).strip()[:200]
         return JobStatus(JobState.UNKNOWN, None, f"not in the queue and not confirmed yet: {detail}")
+
+
+def _no_accounting(exc: Exception) -> bool:
+    """sacct says this cluster keeps no accounting (or there is no sacct to ask)."""
+    text = str(exc).lower()
+    return getattr(exc, "returncode", None) == 127 or "accounting storage is disabled" in text
