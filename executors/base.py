@@ -9,6 +9,12 @@ Two kinds of backend fit behind :class:`Executor`:
   every outstanding job so that the backend is asked **once** for all of them;
   ``synchronous = False``.
 
+Optional capabilities of submit-then-poll backends, looked for by the engine with ``getattr``:
+``submit_array(requests) -> list[JobHandle]`` submits similar requests as ONE job array (handle i is
+element i, polled, cancelled and collected like any handle; one rate-limit token), and
+``lookup_array(requests) -> list[JobHandle] | None`` finds such an array again by its name (a
+worker lost between the submission and its commit), as ``lookup(request)`` does for one job.
+
 A handle's ``data`` is stored in the database, so everything needed to poll, cancel or collect a
 job after a process restart must be in it, and it must survive a JSON round-trip
 (:meth:`JobHandle.to_dict` / :meth:`JobHandle.from_dict`).

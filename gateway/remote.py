@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import time
 from collections import Counter, defaultdict
 from contextlib import contextmanager
@@ -171,7 +172,12 @@ def _record_submitted(task: TaskInstance, handle: JobHandle, base: dict, submitt
 def remote_submit(task: TaskInstance, attempt: int, executor, backend, request) -> str:
     """Submit a claimed attempt and record its handle; returns "submitted" (the job runs, nothing
     waits for it) or "stale" (the attempt was cancelled or superseded: the job, if any, is
-    stopped). ExecutorError from the submission propagates: the caller records the failure."""
+    stopped). ExecutorError from the submission propagates: the caller records the failure.
+
+    The first attempt of a fan-out instance takes its queued siblings along as one job array
+    (`_array_submit`)."""
+    if _array_candidate(task, attempt, executor):
+        return _array_submit(task, attempt, executor, backend, request)
     base = {"phase": SUBMITTING, "attempt": attempt, "kind": backend.kind, "backend_name": backend.name,
             "config": dict(backend.config), "workdir": request.workdir, "job_key": request.job_key}
     grace = float(_engine("LEASE_SECONDS")) + float(_engine("REMOTE_SUBMIT_GRACE_SECONDS", 60.0))
@@ -196,6 +202,189 @@ def remote_submit(task: TaskInstance, attempt: int, executor, backend, request) 
     return "stale"
 
 
+# --------------------------------------------------------------------------- job arrays
+#
+# The instances of a foreach/matrix task (gateway/spec: keys "<group>[<i>]") are dispatched as
+# ordinary tasks, one message each. The worker that claims the first attempt of one of them on a
+# backend that submits arrays (`executor.submit_array`) also claims, in ONE transaction under row
+# locks (SKIP LOCKED: a sibling another worker is claiming stays that worker's), every sibling
+# still QUEUED at its first attempt for the same backend: each moves QUEUED -> RUNNING with the
+# claim's own transition id (`claim:<task>:<attempt>`), so its own message later finds it taken
+# and does nothing. After commit every member is marked `submitting` with the array's member
+# list, the array is submitted (one sbatch / one SubmitJob, one rate-limit token), and one
+# transaction records each member's own element handle and `executor.submitted` entry. From then
+# on each member is an ordinary remote job: polled, collected, cancelled and retried alone (a
+# retry is a single job). A worker lost during the submission leaves `submitting` members; the
+# reconciler adopts each by looking the array up by name (`executor.lookup_array`), never
+# submitting again.
+
+
+def _array_candidate(task: TaskInstance, attempt: int, executor) -> bool:
+    fanout = (task.spec or {}).get("fanout")
+    return (attempt == 1 and isinstance(fanout, dict) and int(fanout.get("count", 1)) > 1
+            and callable(getattr(executor, "submit_array", None)))
+
+
+def _worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _claim_siblings(task: TaskInstance, backend, configuration) -> list[TaskInstance]:
+    """The leader's queued siblings for the same backend, claimed (QUEUED -> RUNNING at attempt 1)
+    in the caller's transaction; a sibling that fails its placement check stays queued (its own
+    message meets the refusal, recorded as for any task)."""
+    from .engine import task_transition
+    from .placement import placement_check
+
+    group = task.spec["fanout"]["group"]
+    rows = (TaskInstance.objects.select_for_update(skip_locked=True)
+            .filter(run_id=task.run_id, key__startswith=f"{group}[", state=TaskState.QUEUED, attempt=1,
+                    backend=task.backend)
+            .exclude(id=task.id).order_by("id"))
+    now = timezone.now()
+    claimed = []
+    for row in rows:
+        try:
+            placed = placement_check(row, configuration=configuration)
+        except ExecutorError:
+            continue
+        if (placed.name, placed.kind, dict(placed.config)) != (backend.name, backend.kind, dict(backend.config)):
+            continue
+        if task_transition(row, TaskState.RUNNING, transition_id=f"claim:{row.id}:1", worker=_worker_name(),
+                           lease_expires_at=now + timedelta(seconds=float(_engine("LEASE_SECONDS"))),
+                           started_at=now):
+            claimed.append(row)
+    return claimed
+
+
+def _member_request(row: TaskInstance, staged: list):
+    """The request of a claimed sibling, its inputs staged as the worker stages a task's."""
+    from .spec import TaskSpec
+    from .worker import _stage_inputs, task_job_request, task_workdir
+
+    spec = TaskSpec.from_dict(row.spec)
+    workdir = task_workdir(row, 1)
+    staging = workdir.parent / f".{row.key}.1.inputs"
+    (staging if spec.inputs else staging.parent).mkdir(parents=True, exist_ok=True)
+    if spec.inputs:
+        staged.append(staging)
+    inputs = _stage_inputs(row, spec, staging)
+    return task_job_request(row, spec, 1, inputs=inputs, workdir=str(workdir))
+
+
+def _fail_members(rows: list[TaskInstance], reason: str) -> None:
+    """Siblings claimed for an array that will not run in it: each attempt ends as a failed
+    submission would (its retries apply)."""
+    from .worker import Outcome, task_finish
+
+    for row in rows:
+        TaskInstance.objects.filter(id=row.id, state=TaskState.RUNNING, attempt=1).update(external=None)
+        task_finish(row.id, 1, Outcome(JobStatus(JobState.FAILED, None, reason[:500])))
+
+
+def _array_submit(task: TaskInstance, attempt: int, executor, backend, request) -> str:
+    from .artefacts import ArtefactError
+    from .placement import UNREAD
+
+    grace = float(_engine("LEASE_SECONDS")) + float(_engine("REMOTE_SUBMIT_GRACE_SECONDS", 60.0))
+    with transaction.atomic():
+        leader = TaskInstance.objects.select_for_update().filter(
+            id=task.id, state=TaskState.RUNNING, attempt=attempt).first()
+        if leader is None:
+            return "stale"
+        siblings = _claim_siblings(leader, backend, getattr(task, "claimed_configuration", UNREAD))
+    # Outside the transaction: inputs (digest-checked reads of the store) into each work dir.
+    staged: list = []
+    members: list[tuple[TaskInstance, object]] = [(task, request)]
+    try:
+        for row in siblings:
+            try:
+                members.append((row, _member_request(row, staged)))
+            except (ExecutorError, ArtefactError) as exc:  # as the worker records a failed staging
+                _fail_members([row], f"{exc.code}: {exc}")
+            except OSError as exc:
+                _fail_members([row], f"staging_failed: {exc}")
+        members.sort(key=lambda member: member[0].spec["fanout"]["index"])
+        with transaction.atomic():
+            # Members cancelled since their claim drop out; the rest are marked `submitting`, each
+            # with the array's member list (what adoption needs to find the array by its name).
+            alive = {row.id for row in TaskInstance.objects.select_for_update().filter(
+                id__in=[row.id for row, _ in members], state=TaskState.RUNNING, attempt=1).order_by("id")}
+            members = [member for member in members if member[0].id in alive]
+            ids = [row.id for row, _ in members]
+            bases = {}
+            for position, (row, req) in enumerate(members):
+                bases[row.id] = {"phase": SUBMITTING, "attempt": 1, "kind": backend.kind,
+                                 "backend_name": backend.name, "config": dict(backend.config),
+                                 "workdir": req.workdir, "job_key": req.job_key,
+                                 "array": {"members": ids, "index": position}}
+                TaskInstance.objects.filter(id=row.id).update(
+                    external=bases[row.id], lease_expires_at=timezone.now() + timedelta(seconds=grace))
+        if task.id not in alive:
+            _release(task, [row for row, _ in members if row.id != task.id])
+            return "stale"
+        try:
+            handles = executor.submit_array([req for _, req in members])
+        except ExecutorError as exc:
+            _fail_members([row for row, _ in members if row.id != task.id], f"{exc.code}: {exc}")
+            raise
+    finally:
+        for path in staged:
+            shutil.rmtree(path, ignore_errors=True)
+    submitted_at = timezone.now()
+    if _crash_after_submit():
+        os._exit(137)
+    stale = []
+    with transaction.atomic():
+        rows = {row.id: row for row in TaskInstance.objects.select_for_update().filter(id__in=ids).order_by("id")}
+        for (member, _), handle in zip(members, handles):
+            row = rows.get(member.id)
+            external = row.external if row is not None else None
+            if (row is not None and row.state == TaskState.RUNNING and row.attempt == 1 and is_remote(external)
+                    and external.get("phase") == SUBMITTING and external.get("array", {}).get("members") == ids):
+                _record_submitted(row, handle, bases[member.id], submitted_at, adopted=False)
+            elif not (is_remote(external) and external.get("external_id") == handle.external_id):
+                stale.append((member, handle))  # cancelled meanwhile (adopted meanwhile: nothing to do)
+    for member, handle in stale:
+        _stop(member, 1, executor, handle, "the attempt was cancelled or superseded during its submission")
+    return "stale" if any(member.id == task.id for member, _ in stale) else "submitted"
+
+
+def _release(task: TaskInstance, rows: list[TaskInstance]) -> None:
+    """The leader's attempt went stale before anything was submitted: the siblings it claimed are
+    handed back as new attempts (QUEUED, no failure counted, dispatched after commit)."""
+    from .engine import task_transition
+
+    with transaction.atomic():
+        for row in TaskInstance.objects.select_for_update().filter(
+                id__in=[r.id for r in rows], state=TaskState.RUNNING, attempt=1).order_by("id"):
+            if task_transition(row, TaskState.QUEUED, transition_id=f"release:{row.id}:1",
+                               reason="released: the array it was claimed for was not submitted",
+                               attempt=2, lease_expires_at=None, worker="", external=None):
+                dispatch_on_commit([(row.id, row.attempt)])
+
+
+def _adopt_array(task: TaskInstance, executor, external: dict):
+    """The element handle of a submitting array member, looked up by the array's name (built from
+    every member's request, in the submission's order), or None when the backend has no such array."""
+    from .spec import TaskSpec
+    from .worker import task_job_request, task_workdir
+
+    members = {row.id: row for row in TaskInstance.objects.filter(id__in=external["array"]["members"])}
+    requests = []
+    for member_id in external["array"]["members"]:
+        row = members.get(member_id)
+        if row is None:
+            return None
+        # Every member was at its first attempt; its request is rebuilt as it was submitted.
+        stored = row.external if isinstance(row.external, dict) and row.external.get("attempt") == 1 else {}
+        requests.append(task_job_request(row, TaskSpec.from_dict(row.spec), 1,
+                                         workdir=stored.get("workdir") or str(task_workdir(row, 1))))
+    lookup = getattr(executor, "lookup_array", None)
+    handles = lookup(requests) if lookup is not None else None
+    return None if handles is None else handles[external["array"]["index"]]
+
+
 def remote_adopt(task: TaskInstance) -> str:
     """Recovery of an attempt whose worker died during its submission (row locked by the caller,
     phase `submitting`, lease expired): the job found by name is adopted ("adopted"); "absent" when
@@ -204,7 +393,10 @@ def remote_adopt(task: TaskInstance) -> str:
     external = task.external
     try:
         executor = _executor_of(task, external)
-        handle = executor.lookup(_request_of(task, external))
+        if isinstance(external.get("array"), dict):
+            handle = _adopt_array(task, executor, external)
+        else:
+            handle = executor.lookup(_request_of(task, external))
     except ExecutorError as exc:
         log.warning("cannot look up the job of task %s yet: %s", task.id, exc)
         task.lease_expires_at = timezone.now() + remote_lease()
