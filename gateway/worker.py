@@ -10,6 +10,8 @@ import logging
 import os
 import shutil
 import socket
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -161,9 +163,11 @@ def task_job_request(task: TaskInstance, spec: TaskSpec, attempt: int, *, inputs
     )
 
 
-def task_run(task: TaskInstance, attempt: int) -> Outcome:
+def task_run(task: TaskInstance, attempt: int, *, removals: list[Path] | None = None) -> Outcome:
     """Run a claimed attempt on its backend and keep what it produced; or, on a remote backend,
-    submit it and return at once (`Outcome.detached`): the job runs without holding this worker."""
+    submit it and return at once (`Outcome.detached`): the job runs without holding this worker.
+    The attempt's work directory is removed before it returns, or with `removals`, appended to it
+    for the caller to remove."""
     spec = TaskSpec.from_dict(task.spec)
     workdir = task_workdir(task, attempt)
     staging = workdir.parent / f".{task.key}.{attempt}.inputs"
@@ -217,10 +221,14 @@ def task_run(task: TaskInstance, attempt: int) -> Outcome:
     except (ExecutorError, ArtefactError) as exc:
         return Outcome(JobStatus(JobState.FAILED, None, f"{exc.code}: {exc}"))
     finally:
-        if not _engine("KEEP_WORKDIRS") and not detached:  # a remote job's is removed once collected
-            shutil.rmtree(workdir, ignore_errors=True)
+        done = [] if _engine("KEEP_WORKDIRS") or detached else [workdir]  # a remote job's is removed once collected
         if spec.inputs:
-            shutil.rmtree(staging, ignore_errors=True)
+            done.append(staging)
+        if removals is None:
+            for path in done:
+                shutil.rmtree(path, ignore_errors=True)
+        else:
+            removals.extend(done)
 
 
 def task_finish(task_id: int, attempt: int, outcome: Outcome) -> str:
@@ -334,12 +342,38 @@ def task_requeue(task_id: int, attempt: int) -> bool:
     return False
 
 
+_remover: tuple[int, ThreadPoolExecutor | None] = (0, None)
+_remover_lock = threading.Lock()
+
+
+def _remove_meanwhile(paths: list[Path]) -> Future | None:
+    """Remove `paths` (an attempt's work directories) in a thread of this process, while this one
+    records the attempt's end: the removal's file-system waits overlap the finish's round trip to
+    the database instead of adding to it. The caller waits for the result before it returns, so a
+    directory is gone when its message is acknowledged, as before."""
+    global _remover
+    if not paths:
+        return None
+    with _remover_lock:
+        pid, pool = _remover
+        if pool is None or pid != os.getpid():  # a forked pool child starts its own
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gatehouse-workdirs")
+            _remover = (os.getpid(), pool)
+    return pool.submit(lambda: [shutil.rmtree(path, ignore_errors=True) for path in paths])
+
+
 def task_execute(task_id: int, attempt: int) -> str:
     """The whole life of one dispatch message."""
     task = task_claim(task_id, attempt)
     if task is None:
         return "stale"  # a redelivered message: the attempt was claimed (and its job, if any, recorded) before
-    outcome = task_run(task, attempt)
-    if outcome.detached:
-        return outcome.detached
-    return task_finish(task_id, attempt, outcome)
+    removals: list[Path] = []
+    outcome = task_run(task, attempt, removals=removals)
+    removing = _remove_meanwhile(removals)
+    try:
+        if outcome.detached:
+            return outcome.detached
+        return task_finish(task_id, attempt, outcome)
+    finally:
+        if removing is not None:
+            removing.result()

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import uuid
 from collections import namedtuple
@@ -77,6 +78,31 @@ def enabled() -> bool:
     return connection.vendor == "postgresql"
 
 
+class _Statement:
+    """A statement written with %(name)s placeholders, converted once to PostgreSQL's own $n
+    placeholders: psycopg converts a query's placeholders on every execution, and caches the result
+    only for statements shorter than 4 kB (these are longer: the conversion, a regular-expression
+    pass over the whole text, cost about as much client CPU as the rest of the execution)."""
+
+    _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+
+    def __init__(self, sql: str):
+        names: list[str] = []
+
+        def number(match: re.Match) -> str:
+            if match.group(1) not in names:
+                names.append(match.group(1))
+            return f"${names.index(match.group(1)) + 1}"
+
+        self.sql = self._PLACEHOLDER.sub(number, sql)
+        if "%" in self.sql:
+            raise ValueError("a statement may hold no % but its %(name)s placeholders")
+        self.names = tuple(names)
+
+    def params(self, values: dict) -> list:
+        return [values[name] for name in self.names]
+
+
 class _Prepared:
     """Executes with server-side binding, prepared once per connection (psycopg `prepare=True`):
     these two statements run once per task and are long (CTEs, audit bodies), so PostgreSQL parses
@@ -84,6 +110,10 @@ class _Prepared:
     keeps one generic plan: both statements find their rows by primary key or unique index whatever
     the values), and each execution sends the parameters only. Everything else of Django's cursor
     stays: execute wrappers, the query log, error translation."""
+
+    def execute(self, statement, params=None):
+        """`statement` (a _Statement) with the values of its placeholders in `params` (a dict)."""
+        return super().execute(statement.sql, statement.params(params))
 
     def _execute(self, sql, params, *ignored_wrapper_args):
         self.db.validate_no_broken_transaction()
@@ -99,9 +129,10 @@ class _PreparedCursor(_Prepared, CursorWrapper):
 def _prepared_debug_cursor_class():
     from django.db.backends.postgresql.base import CursorDebugWrapper  # imported on PostgreSQL only
 
-    def execute(self, sql, params=None):
-        # Logged as written (its parameters beside it): a prepared statement has no text with the
+    def execute(self, statement, params=None):
+        # Logged as sent (its parameters beside it): a prepared statement has no text with the
         # values in it for Django's last_executed_query.
+        sql, params = statement.sql, statement.params(params)
         with self.debug_sql(sql, params):
             return CursorWrapper.execute(self, sql, params)
 
@@ -110,9 +141,11 @@ def _prepared_debug_cursor_class():
 
 def _prepared_cursor():
     """A Django cursor over a server-side-binding psycopg cursor on the default connection (Django's
-    own use client-side binding, which cannot be prepared), set up as Django sets up its cursors."""
-    from django.db.backends.postgresql.base import TIMESTAMPTZ_OID, ServerBindingCursor
+    own use client-side binding, which cannot be prepared), set up as Django sets up its cursors.
+    It executes _Statements: psycopg's RawCursor takes their $n placeholders as they are."""
+    from django.db.backends.postgresql.base import TIMESTAMPTZ_OID
     from django.db.backends.postgresql.psycopg_any import register_tzloader
+    from psycopg import RawCursor
     from psycopg.pq import Format
 
     db = connections[DEFAULT_DB_ALIAS]
@@ -127,7 +160,7 @@ def _prepared_cursor():
         # statements executed with prepare=True (these two) are.
         raw.prepare_threshold = 2**31 - 1
     with db.wrap_database_errors:
-        cursor = ServerBindingCursor(raw)  # what Django uses with OPTIONS server_side_binding
+        cursor = RawCursor(raw)  # server-side binding, as Django's with OPTIONS server_side_binding
     if db.timezone != raw.adapters.get_loader(TIMESTAMPTZ_OID, Format.TEXT).timezone:
         register_tzloader(db.timezone, cursor)  # as Django's create_cursor does
     return (_prepared_debug_cursor_class() if db.queries_logged else _PreparedCursor)(cursor, db)
@@ -152,7 +185,7 @@ def _transition_data(source: str, to_state: str, transition: str, attempt: str =
     )
 
 
-_CLAIM = (
+_CLAIM = _Statement(
     f'WITH t AS (UPDATE "{_TASK}" SET state = \'RUNNING\', reason = \'\', state_changed_at = %(now)s::timestamptz, '
     "worker = %(worker)s::text, lease_expires_at = %(lease)s::timestamptz, started_at = %(now)s "
     "WHERE id = %(id)s::bigint AND state = 'QUEUED' AND attempt = %(attempt)s::integer "
@@ -255,7 +288,7 @@ def task_claim(task_id: int, attempt: int) -> TaskInstance | None:
 _READY = "(x.needs_remaining = 1 AND x.state = 'PENDING' AND x.kind = 'task' AND x.attempt = 0)"
 _GATE_READY = "(x.needs_remaining = 1 AND x.state = 'PENDING' AND x.kind = 'gate')"
 _TERMINAL = ", ".join(f"'{state}'" for state in sorted(TASK_TERMINAL))
-_FINISH = (
+_FINISH = _Statement(
     f'WITH l AS (SELECT id, run_id, dependants FROM "{_TASK}" '
     "WHERE id = %(id)s::bigint AND state = 'RUNNING' AND attempt = %(attempt)s::integer FOR UPDATE), "
     # The dependants' ids, one lookup by (run, key) each on the unique index: a scalar subquery
