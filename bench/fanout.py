@@ -31,7 +31,8 @@ HOW = (
     "claimed exactly once. The last two figures split a worker pool process's time per engine task, from the "
     "transition rows the workers wrote: claim → SUCCEEDED row (running the command, storing stdout/stderr, "
     "locking the row) and SUCCEEDED row → the same process's next claim (readying dependants, closing the run, "
-    "commit, Celery ack and next message, the claim transaction). New PostgreSQL connections per task are "
+    "commit, the removal of the work directory, which a thread of the process does meanwhile, Celery ack and next "
+    "message, the claim transaction). New PostgreSQL connections per task are "
     "PostgreSQL's own count (`pg_stat_database.sessions`) over each engine round, divided by its tasks: near 0 "
     "when the workers keep their connections, near 1 when every task connects anew."
 )
