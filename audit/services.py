@@ -19,6 +19,8 @@ from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.utils import timezone
 
+from gateway.pgprepared import prepared_cursor
+
 from . import context
 from .events import EVENTS
 from .models import AuditEntry, AuditPending
@@ -147,68 +149,6 @@ def _platform_scope(entries: list[AuditEntry]):
 _INSERT_PG = None
 
 
-class _PreparedAppendCursor:
-    """Django's cursor wrapper over a server-side-binding psycopg cursor whose statements are
-    prepared once per connection (psycopg `prepare=True`): PostgreSQL parses and plans the append
-    statement (the entry and its queue row) once per connection instead of on every append, and each
-    append sends its parameters only. Parsing and planning it was about a quarter of what an append
-    cost its PostgreSQL backend (bench/audit_append.py). Everything else of Django's cursor stays:
-    execute wrappers, the query log, error translation."""
-
-    def _execute(self, sql, params, *ignored_wrapper_args):
-        self.db.validate_no_broken_transaction()
-        with self.db.wrap_database_errors:
-            return self.cursor.execute(sql, params, prepare=True)
-
-
-_cursor_classes: dict[bool, type] = {}
-
-
-def _prepared_cursor_class(logged: bool) -> type:
-    cls = _cursor_classes.get(logged)
-    if cls is None:
-        from django.db.backends.postgresql.base import CursorDebugWrapper  # imported on PostgreSQL only
-        from django.db.backends.utils import CursorWrapper
-
-        if logged:
-            def execute(self, sql, params=None):
-                # Logged as written, its parameters beside it: a prepared statement has no text
-                # with the values in it for Django's last_executed_query.
-                with self.debug_sql(sql, params):
-                    return CursorWrapper.execute(self, sql, params)
-
-            cls = type("_PreparedAppendDebugCursor", (_PreparedAppendCursor, CursorDebugWrapper), {"execute": execute})
-        else:
-            cls = type("_PreparedAppendCursorWrapper", (_PreparedAppendCursor, CursorWrapper), {})
-        _cursor_classes[logged] = cls
-    return cls
-
-
-def _new_prepared_cursor(conn):
-    """Set up as Django sets up its own cursors (health check, connection, thread check, time zone
-    loader), but binding on the server (Django's own cursors bind on the client and so can never be
-    prepared)."""
-    from django.db.backends.postgresql.base import TIMESTAMPTZ_OID, ServerBindingCursor
-    from django.db.backends.postgresql.psycopg_any import register_tzloader
-    from psycopg.pq import Format
-
-    conn.close_if_health_check_failed()
-    conn.ensure_connection()
-    conn.validate_thread_sharing()
-    raw = conn.connection
-    if raw.prepare_threshold is None:
-        # Django's default (OPTIONS prepare_threshold unset) turns psycopg's prepared statements off
-        # altogether, even for an explicit prepare=True. Django's own cursors bind on the client and
-        # are never prepared whatever this says, so with an unreachable threshold exactly the
-        # statements executed with prepare=True are.
-        raw.prepare_threshold = 2**31 - 1
-    with conn.wrap_database_errors:
-        cursor = ServerBindingCursor(raw)
-    if conn.timezone != raw.adapters.get_loader(TIMESTAMPTZ_OID, Format.TEXT).timezone:
-        register_tzloader(conn.timezone, cursor)
-    return _prepared_cursor_class(conn.queries_logged)(cursor, conn)
-
-
 def _kept_cursor(conn):
     """A prepared-statement cursor kept on the connection for appends, for as long as that
     connection lives (and as long as Django keeps or does not keep its query log): a new cursor per
@@ -218,7 +158,7 @@ def _kept_cursor(conn):
     if (kept is not None and kept[0] is conn.connection and (conn.health_check_done or not conn.health_check_enabled)
             and kept[1] == conn.queries_logged and not kept[2].cursor.closed):
         return kept[2]
-    cursor = _new_prepared_cursor(conn)
+    cursor = prepared_cursor(conn)
     conn._gatehouse_audit_cursor = (conn.connection, conn.queries_logged, cursor)
     return cursor
 

@@ -49,11 +49,10 @@ import uuid
 from collections import namedtuple
 from contextlib import nullcontext
 from datetime import timedelta
-from functools import lru_cache
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, InterfaceError, OperationalError, connection, connections, transaction
-from django.db.backends.utils import CursorWrapper
+from gateway.pgprepared import prepared_cursor
 from django.utils import timezone
 
 from audit.services import audit_data_json, audit_entries_cte, audit_where_json
@@ -103,67 +102,13 @@ class _Statement:
         return [values[name] for name in self.names]
 
 
-class _Prepared:
-    """Executes with server-side binding, prepared once per connection (psycopg `prepare=True`):
-    these two statements run once per task and are long (CTEs, audit bodies), so PostgreSQL parses
-    and plans them once per connection instead of once per task (after five executions PostgreSQL
-    keeps one generic plan: both statements find their rows by primary key or unique index whatever
-    the values), and each execution sends the parameters only. Everything else of Django's cursor
-    stays: execute wrappers, the query log, error translation."""
-
-    def execute(self, statement, params=None):
-        """`statement` (a _Statement) with the values of its placeholders in `params` (a dict)."""
-        return super().execute(statement.sql, statement.params(params))
-
-    def _execute(self, sql, params, *ignored_wrapper_args):
-        self.db.validate_no_broken_transaction()
-        with self.db.wrap_database_errors:
-            return self.cursor.execute(sql, params, prepare=True)
-
-
-class _PreparedCursor(_Prepared, CursorWrapper):
-    pass
-
-
-@lru_cache(maxsize=1)
-def _prepared_debug_cursor_class():
-    from django.db.backends.postgresql.base import CursorDebugWrapper  # imported on PostgreSQL only
-
-    def execute(self, statement, params=None):
-        # Logged as sent (its parameters beside it): a prepared statement has no text with the
-        # values in it for Django's last_executed_query.
-        sql, params = statement.sql, statement.params(params)
-        with self.debug_sql(sql, params):
-            return CursorWrapper.execute(self, sql, params)
-
-    return type("_PreparedDebugCursor", (_Prepared, CursorDebugWrapper), {"execute": execute})
-
-
 def _prepared_cursor():
-    """A Django cursor over a server-side-binding psycopg cursor on the default connection (Django's
-    own use client-side binding, which cannot be prepared), set up as Django sets up its cursors.
-    It executes _Statements: psycopg's RawCursor takes their $n placeholders as they are."""
-    from django.db.backends.postgresql.base import TIMESTAMPTZ_OID
-    from django.db.backends.postgresql.psycopg_any import register_tzloader
-    from psycopg import RawCursor
-    from psycopg.pq import Format
-
-    db = connections[DEFAULT_DB_ALIAS]
-    db.close_if_health_check_failed()
-    db.ensure_connection()
-    db.validate_thread_sharing()
-    raw = db.connection
-    if raw.prepare_threshold is None:
-        # Django's default (OPTIONS prepare_threshold unset) turns psycopg's prepared statements off
-        # altogether, even for an explicit prepare=True. Django's own cursors bind on the client and
-        # are never prepared whatever this says, so with an unreachable threshold exactly the
-        # statements executed with prepare=True (these two) are.
-        raw.prepare_threshold = 2**31 - 1
-    with db.wrap_database_errors:
-        cursor = RawCursor(raw)  # server-side binding, as Django's with OPTIONS server_side_binding
-    if db.timezone != raw.adapters.get_loader(TIMESTAMPTZ_OID, Format.TEXT).timezone:
-        register_tzloader(db.timezone, cursor)  # as Django's create_cursor does
-    return (_prepared_debug_cursor_class() if db.queries_logged else _PreparedCursor)(cursor, db)
+    """A prepared-statement cursor on the default connection (gateway/pgprepared.py); these two
+    statements run once per task and are long (CTEs, audit bodies), so PostgreSQL parses and plans
+    them once per connection instead of once per task (after five executions PostgreSQL keeps one
+    generic plan: both statements find their rows by primary key or unique index whatever the
+    values). psycopg's RawCursor takes their $n placeholders as they are."""
+    return prepared_cursor(connections[DEFAULT_DB_ALIAS], dollar_placeholders=True)
 
 
 def _history(source: str, transition: str, from_state: str, to_state: str, attempt: str = "{s}.attempt") -> str:
@@ -217,7 +162,7 @@ def _claim_row(params: dict):
     # Inside a caller's transaction the statement gets a savepoint, so that a refused history
     # row (its transition id was recorded before) leaves that transaction usable.
     with transaction.atomic() if connection.in_atomic_block else nullcontext(), _prepared_cursor() as cursor:
-        cursor.execute(_CLAIM, params)
+        cursor.execute(_CLAIM.sql, _CLAIM.params(params))
         return cursor.fetchone()
 
 
@@ -368,7 +313,7 @@ def task_finish_succeeded(task_id: int, attempt: int, outcome, *, alone: bool = 
         "submitted": submitted, "audit_at": now, "audit_where": audit_where_json(), "alone": alone,
     }
     with _prepared_cursor() as cursor:
-        cursor.execute(_FINISH, params)
+        cursor.execute(_FINISH.sql, _FINISH.params(params))
         rows = cursor.fetchall()
     go, locked = rows[0][0], rows[0][1]
     if locked is None:

@@ -60,3 +60,43 @@ def slurm_state(job_id: str) -> str:
         if part.startswith("JobState="):
             return part.split("=", 1)[1]
     return ""
+
+
+def submit(tenant, author, *tasks, name="remote"):
+    """A run of `tasks` (dicts as in a workflow file), through run_submit."""
+    from gateway.services import run_submit
+
+    spec = {"apiVersion": "gatehouse/v1", "kind": "Workflow", "name": name, "tasks": list(tasks)}
+    return run_submit(tenant=tenant, actor=author, source=yaml.safe_dump(spec, sort_keys=False))
+
+
+def execute(run, key) -> str:
+    """The task `key` of `run` executed as its Celery message would be (its current attempt)."""
+    from gateway.models import TaskInstance
+    from gateway.worker import task_execute
+
+    row = TaskInstance.objects.get(run=run, key=key)
+    return task_execute(row.id, row.attempt)
+
+
+def poll_until(predicate, what: str, timeout: float = 90.0):
+    """Run the remote poller until `predicate()` gives something true (returned), or fail."""
+    from gateway.remote import remote_poll
+
+    deadline = time.monotonic() + timeout
+    while True:
+        remote_poll()
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def collect(recording) -> list[str]:
+    """Handle the collect messages the poller sent, as the Celery task would."""
+    from gateway.remote import remote_collect
+
+    messages = list(recording.collects)
+    recording.collects.clear()
+    return [remote_collect(*message) for message in messages]

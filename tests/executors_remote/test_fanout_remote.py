@@ -22,8 +22,8 @@ from executors.credentials import credentials_set
 from executors.slurm import job_name
 from gateway.models import Artefact, TaskInstance, TaskTransition
 from gateway.reconcile import reconcile
-from gateway.remote import build_executor, remote_cancel, remote_collect, remote_poll
-from gateway.services import run_cancel, run_submit
+from gateway.remote import build_executor, remote_cancel
+from gateway.services import run_cancel
 from gateway.storage import get_store, tenant_key
 from gateway.worker import task_execute, task_requeue
 from tests.executors_batch.conftest import (  # noqa: F401  (session fixtures: moto's server and its Batch world)
@@ -36,40 +36,13 @@ from tests.executors_batch.conftest import (  # noqa: F401  (session fixtures: m
     world,
 )
 
-from .conftest import slurm_jobs, slurm_state
+from .conftest import collect, execute, poll_until, slurm_jobs, slurm_state, submit
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def submit(tenant, author, *tasks, name="fanout"):
-    spec = {"apiVersion": "gatehouse/v1", "kind": "Workflow", "name": name, "tasks": list(tasks)}
-    return run_submit(tenant=tenant, actor=author, source=yaml.safe_dump(spec, sort_keys=False))
-
-
 def rows(run) -> dict[str, TaskInstance]:
     return {t.key: t for t in TaskInstance.objects.filter(run=run)}
-
-
-def execute(run, key) -> str:
-    row = rows(run)[key]
-    return task_execute(row.id, row.attempt)
-
-
-def poll_until(predicate, what: str, timeout: float = 90.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        remote_poll()
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
-def collect(recording) -> list[str]:
-    messages = list(recording.collects)
-    recording.collects.clear()
-    return [remote_collect(*message) for message in messages]
 
 
 def executor_of(tenant, name: str):

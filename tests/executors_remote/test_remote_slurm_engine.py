@@ -21,46 +21,18 @@ from executors.slurm_tracker import SlurmTracker
 from gateway.models import Artefact, Run, TaskInstance, TaskTransition
 from gateway.reconcile import reconcile
 from gateway.remote import remote_cancel, remote_collect, remote_poll
-from gateway.services import run_cancel, run_submit
+from gateway.services import run_cancel
 from gateway.storage import get_store, tenant_key
 from gateway.worker import task_claim, task_execute, task_job_request, task_requeue
 from gateway.spec import TaskSpec
 
-from .conftest import slurm_jobs, slurm_state
+from .conftest import collect, execute, poll_until, slurm_jobs, slurm_state, submit
 
 pytestmark = [pytest.mark.slurm, pytest.mark.django_db(transaction=True)]
 
 
-def submit(tenant, author, *tasks, name="remote"):
-    spec = {"apiVersion": "gatehouse/v1", "kind": "Workflow", "name": name, "tasks": list(tasks)}
-    return run_submit(tenant=tenant, actor=author, source=yaml.safe_dump(spec, sort_keys=False))
-
-
 def task(run, key) -> TaskInstance:
     return TaskInstance.objects.get(run=run, key=key)
-
-
-def execute(run, key) -> str:
-    row = task(run, key)
-    return task_execute(row.id, row.attempt)
-
-
-def poll_until(predicate, what: str, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        remote_poll()
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
-def collect(recording) -> list[str]:
-    """Handle the collect messages the poller sent, as the Celery task would."""
-    messages = list(recording.collects)
-    recording.collects.clear()
-    return [remote_collect(*message) for message in messages]
 
 
 def job_of(run, key) -> str:
