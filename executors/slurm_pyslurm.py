@@ -133,24 +133,23 @@ def job_records(
     return {key: {**record, "key": key} for key in keys}
 
 
-def _controller_records(job: Any) -> dict[str, dict[str, Any]]:
-    """A ``pyslurm.Job`` (pyslurm/core/job/job.pyx) as records."""
+def _records(job: Any, nodes: Any) -> dict[str, dict[str, Any]]:
+    """A ``pyslurm.Job`` (pyslurm/core/job/job.pyx) or ``pyslurm.db.Job`` (pyslurm/db/job.pyx) as
+    records; the two name their nodes differently (``allocated_nodes``, ``nodelist``)."""
     return job_records(
         job_id=job.id, array_id=job.array_id, array_task_id=job.array_task_id,
         array_tasks_waiting=job.array_tasks_waiting, state=job.state, state_reason=job.state_reason,
         exit_code=job.exit_code, exit_code_signal=job.exit_code_signal, requeue_count=job.requeue_count,
-        nodes=job.allocated_nodes, time_limit=job.time_limit, name=job.name, comment=job.comment,
+        nodes=nodes, time_limit=job.time_limit, name=job.name, comment=job.comment,
     )  # fmt: skip
+
+
+def _controller_records(job: Any) -> dict[str, dict[str, Any]]:
+    return _records(job, job.allocated_nodes)
 
 
 def _accounting_records(job: Any) -> dict[str, dict[str, Any]]:
-    """A ``pyslurm.db.Job`` (pyslurm/db/job.pyx) as records."""
-    return job_records(
-        job_id=job.id, array_id=job.array_id, array_task_id=job.array_task_id,
-        array_tasks_waiting=job.array_tasks_waiting, state=job.state, state_reason=job.state_reason,
-        exit_code=job.exit_code, exit_code_signal=job.exit_code_signal, requeue_count=job.requeue_count,
-        nodes=job.nodelist, time_limit=job.time_limit, name=job.name, comment=job.comment,
-    )  # fmt: skip
+    return _records(job, job.nodelist)
 
 
 class PyslurmDriver:

@@ -10,13 +10,14 @@ from __future__ import annotations
 import itertools
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from executors.base import JobHandle, JobRequest
+from executors.base import JobHandle, JobRequest, JobStatus
 from executors.slurm import SlurmExecutor
 from executors.slurm_tracker import SlurmTracker
 
@@ -119,3 +120,18 @@ def make_req(tmp_path: Path) -> Callable[..., JobRequest]:
         return JobRequest(script=script or None, **kw)
 
     return make
+
+
+def wait_all(ex: SlurmExecutor, handles: list[JobHandle], *, timeout: float = 60,
+             until: Callable[[JobStatus], bool] = lambda s: s.finished) -> dict[str, JobStatus]:
+    deadline = time.monotonic() + timeout
+    while True:
+        statuses = ex.poll_many(handles)
+        if all(until(statuses[h.external_id]) for h in handles):
+            return statuses
+        assert time.monotonic() < deadline, f"jobs did not get there in {timeout}s: {statuses}"
+        time.sleep(0.2)
+
+
+def read(path: str) -> str:
+    return Path(path).read_text()

@@ -23,14 +23,13 @@ from executors.base import (
     JobHandle,
     JobRequest,
     JobState,
-    JobStatus,
     OutputRequest,
     StagedInput,
 )
 from executors.slurm import SlurmExecutor
 from executors.slurm_tracker import SlurmTracker
 
-from .conftest import REPO_ROOT, SETUP_SCRIPT
+from .conftest import REPO_ROOT, SETUP_SCRIPT, read, wait_all
 
 pytestmark = pytest.mark.slurm
 
@@ -38,19 +37,6 @@ MakeExecutor = Callable[..., SlurmExecutor]
 MakeReq = Callable[..., JobRequest]
 
 
-def wait_all(ex: SlurmExecutor, handles: list[JobHandle], *, timeout: float = 60,
-             until: Callable[[JobStatus], bool] = lambda s: s.finished) -> dict[str, JobStatus]:
-    deadline = time.monotonic() + timeout
-    while True:
-        statuses = ex.poll_many(handles)
-        if all(until(statuses[h.external_id]) for h in handles):
-            return statuses
-        assert time.monotonic() < deadline, f"jobs did not get there in {timeout}s: {statuses}"
-        time.sleep(0.2)
-
-
-def read(path: str) -> str:
-    return Path(path).read_text()
 
 
 # --------------------------------------------------------------------------- time limit (started first)

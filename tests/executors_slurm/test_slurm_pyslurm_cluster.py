@@ -11,13 +11,14 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
-from executors.base import ExecutorError, JobHandle, JobRequest, JobState, JobStatus, OutputRequest
+from executors.base import ExecutorError, JobHandle, JobRequest, JobState, OutputRequest
 from executors.slurm import SlurmCommands, SlurmExecutor, choose_driver, detect_pyslurm_version, detect_slurm_version
 from executors.slurm_pyslurm import PyslurmTracker
+
+from .conftest import read, wait_all
 
 
 def _missing() -> str | None:
@@ -54,19 +55,6 @@ def pyslurm_executor(make_executor: MakeExecutor) -> Iterator[MakeExecutor]:
     PyslurmTracker.forget_all()
 
 
-def wait_all(ex: SlurmExecutor, handles: list[JobHandle], *, timeout: float = 60,
-             until: Callable[[JobStatus], bool] = lambda s: s.finished) -> dict[str, JobStatus]:
-    deadline = time.monotonic() + timeout
-    while True:
-        statuses = ex.poll_many(handles)
-        if all(until(statuses[h.external_id]) for h in handles):
-            return statuses
-        assert time.monotonic() < deadline, f"jobs did not get there in {timeout}s: {statuses}"
-        time.sleep(0.2)
-
-
-def read(path: str) -> str:
-    return Path(path).read_text()
 
 
 def test_submit_runs_the_task_and_tags_the_job(pyslurm_executor: MakeExecutor, make_req: MakeReq,
