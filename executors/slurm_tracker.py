@@ -101,13 +101,7 @@ class SlurmTracker(StatusTracker):
             self._failed(open_keys, str(exc))
             return
         self._succeeded()
-        missing = []
-        for key in open_keys:
-            record = records.get(key)
-            if record is None:
-                missing.append(key)
-            else:
-                self._status[key] = record_status(record)
+        missing = self._record(open_keys, records, record_status)
         if not missing:
             return
         unconfirmed = self._from_accounting(missing, record_status)
@@ -154,14 +148,18 @@ class SlurmTracker(StatusTracker):
         self.accounting_available = True
         self.accounting_failures = 0
         self.last_accounting_error = ""
-        rest = []
-        for key in asked:
+        return self._record(asked, records, record_status)
+
+    def _record(self, keys: list[str], records: dict, record_status) -> list[str]:
+        """The status of each of `keys` that `records` holds; returns the keys it does not hold."""
+        absent = []
+        for key in keys:
             record = records.get(key)
             if record is None:
-                rest.append(key)
+                absent.append(key)
             else:
                 self._status[key] = record_status(record)
-        return rest
+        return absent
 
     def _query(self, base_ids: list[str], parse_json, parse_text) -> dict[str, dict]:
         """One query for all jobs: ``squeue --json`` (filtered by id where Slurm honours it; 22.05
