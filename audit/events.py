@@ -61,5 +61,6 @@ EVENTS = frozenset(
         "audit.export_requested",  # an export job queued from the portal
         "audit.export_failed",  # an export job that could not write its bundle
         "audit.export_downloaded",  # an export job's bundle downloaded
+        "audit.export_expired",  # an export job's bundle deleted at the end of its retention
     }
 )

@@ -29,7 +29,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from gateway.errors import ErrorCode, Forbidden, NotFound
+from gateway.errors import ErrorCode, Forbidden, GatehouseError, NotFound
 
 from .export import ExportError, audit_export
 from .models import AuditExportJob
@@ -127,6 +127,9 @@ def export_job_open_for_download(job_id, user):
     clearance stops a download of a bundle made earlier). Audited."""
     job = export_job_get_for_user(job_id, user)
     _refuse_uncleared(user, job.tenant)
+    if job.state == State.EXPIRED:
+        raise GatehouseError(ErrorCode.EXPORT_EXPIRED, "This export's bundle was deleted at the end of its "
+                             "retention; request a new export.", status=410)
     path = job_file(job)
     if path is None or not path.is_file():
         raise NotFound("This export has no bundle to download.")
@@ -290,3 +293,29 @@ def export_jobs_recover(now=None) -> int:
             log.warning("audit export %s: attempt %s showed no sign of life; queued again", job.id, job.attempt)
             acted += 1
     return acted
+
+
+def export_jobs_expire(now=None) -> int:
+    """The reconciler's part (gateway/reconcile.py): DONE jobs whose bundle was written more than
+    EXPORT_RETENTION_SECONDS ago become EXPIRED (audited, one transaction per job) and, after
+    commit, their directory is deleted. Returns how many jobs expired (at most 100 a round)."""
+    from datetime import timedelta
+
+    retention = float(settings.GATEHOUSE_AUDIT.get("EXPORT_RETENTION_SECONDS", 0) or 0)
+    if retention <= 0:
+        return 0
+    now = now or timezone.now()
+    due = AuditExportJob.objects.filter(state=State.DONE, finished_at__lt=now - timedelta(seconds=retention)) \
+        .select_related("tenant", "requested_by").order_by("finished_at")[:100]
+    expired = 0
+    for job in list(due):
+        with transaction.atomic():
+            if not AuditExportJob.objects.filter(id=job.id, state=State.DONE).update(state=State.EXPIRED):
+                continue  # expired meanwhile by another reconciler
+            audit_append(event="audit.export_expired", tenant=job.tenant, object_type=OBJECT_TYPE,
+                         object_id=str(job.id), data={"sha256": job.file_sha256, "size": job.file_size,
+                                                      "finished_at": job.finished_at.isoformat()})
+            directory = job_dir(job)
+            transaction.on_commit(lambda directory=directory: shutil.rmtree(directory, ignore_errors=True))
+        expired += 1
+    return expired

@@ -121,6 +121,7 @@ class AuditExportJob(models.Model):
         RUNNING = "RUNNING"
         DONE = "DONE"
         FAILED = "FAILED"
+        EXPIRED = "EXPIRED"  # was DONE; its bundle was deleted at the end of its retention
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     tenant = models.ForeignKey("gateway.Tenant", null=True, blank=True, on_delete=models.PROTECT, related_name="+")

@@ -54,6 +54,8 @@ class ErrorCode:
     ASSIGNEE_NOT_CLEARED = "assignee_not_cleared"
     # artefacts
     ARTEFACT_UNAVAILABLE = "artefact_unavailable"
+    # audit exports
+    EXPORT_EXPIRED = "export_expired"  # the bundle was deleted at the end of its retention
 
 
 class GatehouseError(Exception):

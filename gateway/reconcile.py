@@ -136,7 +136,7 @@ def requeue_overdue_retries(now) -> int:
 @dbscope.system_scope()  # every tenant's tasks and gates, from whichever process calls it
 def reconcile(now=None) -> dict[str, int]:
     from approvals.services import gates_time_out
-    from audit.export_jobs import export_jobs_recover
+    from audit.export_jobs import export_jobs_expire, export_jobs_recover
 
     now = now or timezone.now()
     return {
@@ -146,4 +146,5 @@ def reconcile(now=None) -> dict[str, int]:
         "overdue_retries": requeue_overdue_retries(now),
         "gate_timeouts": gates_time_out(now),
         "audit_exports": export_jobs_recover(now),
+        "audit_exports_expired": export_jobs_expire(now),
     }

@@ -368,6 +368,9 @@ GATEHOUSE_AUDIT = {
     "EXPORT_STALE_SECONDS": env.float("GATEHOUSE_AUDIT_EXPORT_STALE_SECONDS", default=900.0),
     "EXPORT_MAX_ATTEMPTS": env.int("GATEHOUSE_AUDIT_EXPORT_MAX_ATTEMPTS", default=3),
     "EXPORT_RESEND_SECONDS": env.float("GATEHOUSE_AUDIT_EXPORT_RESEND_SECONDS", default=120.0),
+    # A finished export's bundle is deleted this long after it was written (the job stays, EXPIRED,
+    # audited); 0 keeps bundles until someone deletes them.
+    "EXPORT_RETENTION_SECONDS": env.float("GATEHOUSE_AUDIT_EXPORT_RETENTION_SECONDS", default=7 * 86400.0),
 }
 
 # Signatures on gate decisions (approvals/signing/).
