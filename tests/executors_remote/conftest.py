@@ -13,6 +13,15 @@ import yaml
 from executors import registry
 from executors.backends import backends_configure
 from executors.slurm_tracker import SlurmTracker
+from tests.executors_batch.conftest import (  # noqa: F401 - the same session fixtures: moto's server, its Batch world
+    BUCKET,
+    DEFINITION,
+    QUEUE,
+    REGION,
+    aws_env,
+    moto_server,
+    world,
+)
 from tests.executors_slurm.conftest import slurm_cluster  # noqa: F401 - the same session fixture
 
 _clusters = itertools.count(1)
@@ -29,6 +38,15 @@ def slurm_backends(cluster: str, *, local: bool = True, poll_interval: float = 0
     if local:
         backends.append({"name": "local", "kind": "local", "max_classification": "TOP SECRET", "preference": -1})
     return yaml.safe_dump({"apiVersion": "gatehouse/v1", "kind": "Backends", "backends": backends})
+
+
+def batch_backends(world, **config) -> str:
+    """A backends file with one AWS Batch backend `cloud` on moto's Batch world (its queue, job
+    definition and bucket), `config` added to the backend's config."""
+    backend = {"name": "cloud", "kind": "batch", "max_classification": "TOP SECRET",
+               "config": {"job_queue": QUEUE, "job_definition": DEFINITION, "region": REGION,
+                          "endpoint_url": world.endpoint_url, "artefact_bucket": BUCKET, **config}}
+    return yaml.safe_dump({"apiVersion": "gatehouse/v1", "kind": "Backends", "backends": [backend]})
 
 
 @pytest.fixture

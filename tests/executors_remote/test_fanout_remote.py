@@ -10,7 +10,6 @@ import time
 from datetime import timedelta
 
 import pytest
-import yaml
 from django.utils import timezone
 
 from audit.models import AuditEntry
@@ -26,17 +25,8 @@ from gateway.remote import build_executor, remote_cancel
 from gateway.services import run_cancel
 from gateway.storage import get_store, tenant_key
 from gateway.worker import task_execute, task_requeue
-from tests.executors_batch.conftest import (  # noqa: F401  (session fixtures: moto's server and its Batch world)
-    BUCKET,
-    DEFINITION,
-    QUEUE,
-    REGION,
-    aws_env,
-    moto_server,
-    world,
-)
 
-from .conftest import collect, execute, poll_until, slurm_jobs, slurm_state, submit
+from .conftest import QUEUE, batch_backends, collect, execute, poll_until, slurm_jobs, slurm_state, submit
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -189,13 +179,8 @@ def test_members_left_submitting_by_a_lost_worker_are_adopted_never_resubmitted(
 @pytest.fixture
 def cloud(world, tenant, author, recording):  # noqa: F811
     world.docker_less(True)
-    backends = [{"name": "cloud", "kind": "batch", "max_classification": "TOP SECRET",
-                 "config": {"job_queue": QUEUE, "job_definition": DEFINITION, "region": REGION,
-                            "endpoint_url": world.endpoint_url, "artefact_bucket": BUCKET,
-                            "artefact_prefix": "fanout-tests/", "poll_interval": 0.2, "submit_rate": 100,
-                            "submit_burst": 100, "max_attempts": 1}}]
-    backends_configure(tenant=tenant, actor=author,
-                       source=yaml.safe_dump({"apiVersion": "gatehouse/v1", "kind": "Backends", "backends": backends}))
+    backends_configure(tenant=tenant, actor=author, source=batch_backends(
+        world, artefact_prefix="fanout-tests/", poll_interval=0.2, submit_rate=100, submit_burst=100, max_attempts=1))
     credentials_set(tenant=tenant, backend="cloud", actor=author,
                     values={"aws_access_key_id": "testing", "aws_secret_access_key": "testing"})
     BatchTracker.forget_all()
@@ -279,13 +264,8 @@ def test_workers_racing_on_siblings_never_submit_one_instance_twice(cloud, tenan
 def test_the_rate_limiter_counts_an_array_as_one_submission(world, tenant, author, recording):  # noqa: F811
     """One SubmitJob token in the bucket: the array of five takes it; the next submission finds none."""
     world.docker_less(True)
-    backends = [{"name": "cloud", "kind": "batch", "max_classification": "TOP SECRET",
-                 "config": {"job_queue": QUEUE, "job_definition": DEFINITION, "region": REGION,
-                            "endpoint_url": world.endpoint_url, "artefact_bucket": BUCKET,
-                            "artefact_prefix": "fanout-rate/", "poll_interval": 0.2, "submit_rate": 0.001,
-                            "submit_burst": 1, "submit_wait": 0.2}}]
-    backends_configure(tenant=tenant, actor=author,
-                       source=yaml.safe_dump({"apiVersion": "gatehouse/v1", "kind": "Backends", "backends": backends}))
+    backends_configure(tenant=tenant, actor=author, source=batch_backends(
+        world, artefact_prefix="fanout-rate/", poll_interval=0.2, submit_rate=0.001, submit_burst=1, submit_wait=0.2))
     credentials_set(tenant=tenant, backend="cloud", actor=author,
                     values={"aws_access_key_id": "testing", "aws_secret_access_key": "testing"})
     from executors import batch as batch_module

@@ -20,16 +20,9 @@ from gateway.models import TaskInstance, TaskTransition
 from gateway.remote import remote_collect, remote_poll
 from gateway.services import run_submit
 from gateway.worker import task_execute, task_requeue
-from tests.executors_batch.conftest import (  # noqa: F401  (session fixtures: moto's server and its Batch world)
-    BUCKET,
-    DEFINITION,
-    QUEUE,
-    REGION,
-    aws_env,
-    moto_server,
-    world,
-)
 from tests.executors_credentials.conftest import gateway_approle, openbao, vault_config  # noqa: F401
+
+from .conftest import QUEUE, batch_backends
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -43,13 +36,8 @@ def closed_port() -> int:
 @pytest.fixture
 def cloud(world, tenant, author, settings, openbao, gateway_approle, recording):  # noqa: F811
     world.docker_less(True)
-    backends = [{"name": "cloud", "kind": "batch", "max_classification": "TOP SECRET",
-                 "config": {"job_queue": QUEUE, "job_definition": DEFINITION, "region": REGION,
-                            "endpoint_url": world.endpoint_url, "artefact_bucket": BUCKET,
-                            "artefact_prefix": "remote-tests/", "poll_interval": 0.2, "submit_rate": 100,
-                            "submit_burst": 100, "max_attempts": 1}}]
-    backends_configure(tenant=tenant, actor=author,
-                       source=yaml.safe_dump({"apiVersion": "gatehouse/v1", "kind": "Backends", "backends": backends}))
+    backends_configure(tenant=tenant, actor=author, source=batch_backends(
+        world, artefact_prefix="remote-tests/", poll_interval=0.2, submit_rate=100, submit_burst=100, max_attempts=1))
     vault_config(settings, openbao, gateway_approle)
     settings.GATEHOUSE_ENGINE = {**settings.GATEHOUSE_ENGINE, "CREDENTIALS_RETRY_SECONDS": 2.0}
     credentials_set(tenant=tenant, backend="cloud", actor=author,
@@ -124,11 +112,7 @@ def test_a_batch_backend_without_credentials_fails_clearly_and_submits_nothing(w
                                       "LOCAL_DIR": str(tmp_path / "credentials"),
                                       "MASTER_KEY_FILE": str(tmp_path / "credentials.key")}
     forget_credential_store()
-    backends = [{"name": "cloud", "kind": "batch", "max_classification": "TOP SECRET",
-                 "config": {"job_queue": QUEUE, "job_definition": DEFINITION, "region": REGION,
-                            "endpoint_url": world.endpoint_url, "artefact_bucket": BUCKET}}]
-    backends_configure(tenant=tenant, actor=author,
-                       source=yaml.safe_dump({"apiVersion": "gatehouse/v1", "kind": "Backends", "backends": backends}))
+    backends_configure(tenant=tenant, actor=author, source=batch_backends(world))
     source = yaml.safe_dump({"apiVersion": "gatehouse/v1", "kind": "Workflow", "name": "nocreds",
                              "tasks": [{"id": "a", "run": "true"}]})
     run = run_submit(tenant=tenant, actor=author, source=source)
