@@ -35,15 +35,21 @@ def send_many(task, arguments: list[tuple]) -> None:
         return
     app = task.app
     with app.producer_or_acquire() as producer:
+        # The task's queue is declared once for the batch, not once per message (what Celery
+        # does when not told otherwise: kombu then copies and binds the queue for every message).
+        route = app.amqp.router.route({}, task.name, None, None, task)
+        queue = route.get("queue")
+        if queue is not None and not isinstance(queue, str):
+            producer.maybe_declare(queue)
         batch = getattr(producer, "batch", None)  # kombu 5.7+; before it, one round trip per message
         uncertain = getattr(exceptions, "BatchPublishError", ())
         try:
             with batch(max_size=SEND_BATCH) if batch is not None else nullcontext():
                 for args in arguments:
-                    task.apply_async(args, producer=producer)
+                    task.apply_async(args, producer=producer, declare=[])
         except uncertain:
             for args in arguments:
-                task.apply_async(args, producer=producer)
+                task.apply_async(args, producer=producer, declare=[])
 
 
 class CeleryDispatcher:
