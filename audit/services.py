@@ -13,6 +13,7 @@ import hmac
 import json
 from collections.abc import Mapping
 from contextlib import nullcontext
+from functools import lru_cache
 from typing import Any
 
 from django.conf import settings
@@ -227,7 +228,14 @@ def audit_data_json(data: dict) -> str:
 
 def audit_where_json() -> str:
     """The `where` of the entries written now (audit_entries_cte's %(audit_where)s)."""
-    return json.dumps(context.current().as_dict())
+    return _where_json(context.current())
+
+
+@lru_cache(maxsize=64)
+def _where_json(where: context.Where) -> str:
+    # Where is frozen: one text per context (a worker's context changes with each Celery task,
+    # and is read by both of the task's statements).
+    return json.dumps(where.as_dict())
 
 
 def audit_append_many(records: list[dict]) -> list[AuditEntry]:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import threading
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
+from functools import lru_cache
 
 from django.conf import settings
 from django.db.models import Count
@@ -181,6 +182,16 @@ def placement_forget() -> None:
         _configured.clear()
 
 
+@lru_cache(maxsize=1024)
+def _task_label(banner: str, registry) -> tuple[Label | None, LabelError | None]:
+    """A task's stored banner parsed under `registry` (immutable; one object per policies file),
+    once per process: every dispatch checks it, and a fan-out's instances share one label."""
+    try:
+        return parse_label(banner, registry=registry), None
+    except LabelError as exc:
+        return None, exc
+
+
 def placement_check(task, *, configuration=UNREAD) -> Backend:
     """At dispatch, against the tenant's configuration now: the task's backend still exists, is
     enabled and may host the task's label. Returns it (kind and config for the executor), or raises
@@ -199,10 +210,9 @@ def placement_check(task, *, configuration=UNREAD) -> Backend:
         raise PlacementRefused("backend_unavailable", f"{where}: its backend {task.backend!r} is no longer configured")
     if not backend.enabled:
         raise PlacementRefused("backend_unavailable", f"{where}: its backend {task.backend!r} is disabled")
-    try:
-        label = parse_label(task.classification, registry=label_registry())
-    except LabelError as exc:
-        raise PlacementRefused(ErrorCode.NO_BACKEND_FOR_LABEL, f"{where}: the label is not readable: {exc}") from exc
+    label, error = _task_label(task.classification, label_registry())
+    if error is not None:
+        raise PlacementRefused(ErrorCode.NO_BACKEND_FOR_LABEL, f"{where}: the label is not readable: {error}") from error
     if not hosts(backend, label):
         raise PlacementRefused(ErrorCode.NO_BACKEND_FOR_LABEL,
                                f"{where} may not run on backend {backend.name!r}, which now hosts at most "

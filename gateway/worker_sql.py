@@ -246,8 +246,11 @@ _FINISH = _Statement(
     "g AS (SELECT NOT %(alone)s::boolean OR (NOT coalesce(bool_or(d.gate_ready), false) "
     f"AND coalesce(bool_or(d.state NOT IN ({_TERMINAL})), false)) AS go FROM d), "
     f"t AS (UPDATE \"{_TASK}\" z SET state = 'SUCCEEDED', reason = '', state_changed_at = %(now)s::timestamptz, "
-    "finished_at = %(now)s, lease_expires_at = NULL, exit_code = %(exit_code)s::integer FROM l, g "
-    "WHERE z.id = l.id AND g.go AND z.state = 'RUNNING' AND z.attempt = %(attempt)s::integer "
+    # The row by its primary key (a scalar subquery): joined to `l`, the planner may instead
+    # scan every RUNNING task (task_inflight_by_state) when its statistics say there are few.
+    "finished_at = %(now)s, lease_expires_at = NULL, exit_code = %(exit_code)s::integer "
+    "WHERE z.id = (SELECT l.id FROM l) AND (SELECT g.go FROM g) AND z.state = 'RUNNING' "
+    "AND z.attempt = %(attempt)s::integer "
     "RETURNING z.id, z.tenant_id, z.run_id, z.key, z.classification, z.dependants, z.worker, z.attempt), "
     f'a AS (INSERT INTO "{Artefact._meta.db_table}" (id, tenant_id, run_id, task_id, attempt, name, digest, size, media_type, '
     "classification, created_at) SELECT o.id, t.tenant_id, t.run_id, t.id, t.attempt, o.name, o.digest, o.size, "

@@ -9,10 +9,12 @@ stores), never in clear.
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 
 PREFIX = "gh"
 
 
+@lru_cache(maxsize=4096)
 def label_group(tenant_id: int, banner: str) -> str:
     """The group of every socket allowed to read `banner` (canonical, as stored) in the tenant."""
     digest = hashlib.sha256(banner.encode("utf-8")).hexdigest()[:24]
