@@ -570,9 +570,14 @@ class LocalExecutor(Executor):
         return JobHandle(backend=self.name, external_id=external_id, data=data)
 
     def _trim_locked(self) -> None:
-        """Forget the oldest finished jobs beyond ``max_finished`` (dicts keep insertion order)."""
+        """Forget the oldest finished jobs once more than ``max_finished`` jobs are known, keeping the
+        newest ``max_finished // 2`` finished ones (dicts keep insertion order); running jobs are
+        never forgotten. Only a submission that takes the count over the limit reads the whole
+        table, so a submission costs no more with thousands of jobs behind it than with none."""
+        if len(self._jobs) <= self.max_finished:
+            return
         finished = [k for k, j in self._jobs.items() if j.status is not None]
-        for key in finished[: max(0, len(finished) - self.max_finished)]:
+        for key in finished[: max(0, len(finished) - self.max_finished // 2)]:
             del self._jobs[key]
 
     # ---------------------------------------------------------------- owned processes

@@ -270,6 +270,27 @@ def test_poll_many_reports_running_and_finished_jobs_in_one_call(executor: Local
     assert executor.wait(bad, timeout=1) == result[bad.external_id]
 
 
+def test_finished_jobs_are_forgotten_oldest_first_and_running_ones_never(make_req: MakeReq) -> None:
+    ex = LocalExecutor(kill_grace=0.5, max_finished=4)
+    running = ex.submit(make_req(["sleep", "30"]))
+    try:
+        done = []
+        for _ in range(7):
+            handle = ex.submit(make_req(["true"]))
+            assert ex.wait(handle, timeout=10).state is JobState.SUCCEEDED
+            done.append(handle)
+            assert len(ex._jobs) <= 5  # the limit, and the submission that went over it
+        known = set(ex._jobs)
+        assert running.external_id in known  # never forgotten while it runs
+        assert {h.external_id for h in done[-2:]} <= known  # the newest finished ones are kept
+        assert not {h.external_id for h in done[:3]} & known  # the oldest are forgotten
+        # A kept job still reports its own status (an owned job, not a foreign one).
+        assert ex.poll_many([done[-1]])[done[-1].external_id].state is JobState.SUCCEEDED
+    finally:
+        ex.cancel(running)
+    assert not proc_alive(running.data["pid"])
+
+
 def test_poll_many_of_another_backend_is_unknown(executor: LocalExecutor) -> None:
     status = executor.poll_many([JobHandle("slurm", "123", {})])["123"]
     assert status.state is JobState.UNKNOWN
