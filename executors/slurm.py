@@ -72,7 +72,7 @@ from .base import (
 from .local import RUNTIME_OPTIONS, SAFE_PATH, container_options, resolve_argv, task_env
 from .remote import RemoteExecutor
 from .workdir import CONTROL_DIR, _abs_workdir, _ensure_private_dir, check_inputs, collect_workdir, prepare_workdir
-from .slurm_tracker import ACCOUNTING_MODES, SlurmTracker
+from .slurm_tracker import ACCOUNTING_MODES, SlurmTracker, _no_accounting
 
 __all__ = [
     "APPTAINER_OPTIONS",
@@ -228,6 +228,12 @@ class SlurmCommands:
         that failed with 3 (its ``--parsable2`` says ``3:0``)."""
         return [self.program("sacct"), "--allocations", "--jobs=" + ",".join(job_ids), "--noheader", "--parsable2",
                 "--format=" + ",".join(SACCT_FIELDS)]
+
+    def sacct_by_name_argv(self, name: str) -> list[str]:
+        """Accounting's records of the jobs named ``name`` (a job key's own name: one job, or one
+        array's elements) since ACCOUNTING_LOOKBACK ago, as :meth:`sacct_argv` gives them."""
+        return [self.program("sacct"), "--allocations", "--name=" + name, "--starttime=" + ACCOUNTING_LOOKBACK,
+                "--noheader", "--parsable2", "--format=" + ",".join(SACCT_FIELDS)]
 
     def scontrol_show_argv(self, job: str | None) -> list[str]:
         argv = [self.program("scontrol"), "show", "job", "-o"]
@@ -794,6 +800,10 @@ def parse_scontrol_jobs(text: str) -> dict[str, dict[str, Any]]:
     return out
 
 
+#: How far back accounting is searched for a job by its name (sacct's time syntax): adoption happens
+#: when a submitting worker's lease expires, minutes after the submission, never weeks.
+ACCOUNTING_LOOKBACK = "now-14days"
+
 #: ``sacct --parsable2`` columns read by :func:`parse_sacct_text` (free text last).
 SACCT_FIELDS = ("JobID", "JobIDRaw", "State", "ExitCode", "NodeList", "TimelimitRaw", "Reason", "JobName", "Comment")
 
@@ -1179,12 +1189,35 @@ class SlurmExecutor(RemoteExecutor):
         except SlurmCommandError as exc:
             raise ExecutorError("slurm_unavailable", f"cannot ask Slurm for {name}: {exc}") from exc
 
+    def _accounting_records(self, name: str) -> dict[str, dict[str, Any]]:
+        """The jobs named ``name`` that accounting knows, those that already left the queue among
+        them; none when the cluster keeps no accounting or the backend says ``accounting: off``.
+        A sacct that fails otherwise is ExecutorError (slurm_unavailable): the job may exist, so
+        the caller must ask again later, never take it for absent and submit it a second time."""
+        tracker = self.tracker
+        if self._pyslurm is not None or tracker.accounting_available is False:
+            return {}
+        try:
+            text = self.commands.run(self.commands.sacct_by_name_argv(name)).stdout
+        except SlurmCommandError as exc:
+            if tracker.accounting == "auto" and tracker.accounting_available is None and _no_accounting(exc):
+                tracker.accounting_available = False  # found out once, as the tracker does
+                return {}
+            raise ExecutorError("slurm_unavailable", f"cannot ask Slurm's accounting for {name}: {exc}") from exc
+        return {key: r for key, r in parse_sacct_text(text).items() if r["name"] == name}
+
+    def _named(self, name: str) -> list[dict[str, Any]]:
+        """Records of the jobs named ``name``: the controller's, else (a job that finished and was
+        purged from the controller's memory) accounting's."""
+        records = [r for r in self._queue_records(name).values() if r["name"] == name]
+        return records or list(self._accounting_records(name).values())
+
     def lookup(self, req: JobRequest) -> JobHandle | None:
-        """The job already submitted for ``req`` (found by its job name), if Slurm still knows it:
-        for a worker that died between ``sbatch`` and recording the job id."""
+        """The job already submitted for ``req`` (found by its job name), if Slurm knows it, in its
+        queue or, once it has left it, in its accounting: for a worker that died between ``sbatch``
+        and recording the job id."""
         name = job_name(req.job_key)
-        records = self._queue_records(name)
-        matches = sorted((r for r in records.values() if r["name"] == name), key=lambda r: int(r["job_id"]))
+        matches = sorted(self._named(name), key=lambda r: int(r["job_id"]))
         if not matches:
             return None
         job_id = matches[-1]["job_id"]
@@ -1193,16 +1226,14 @@ class SlurmExecutor(RemoteExecutor):
         return self._handle(job_id, job_id, req, log_path, array=None)
 
     def lookup_array(self, requests: Sequence[JobRequest]) -> list[JobHandle] | None:
-        """The job array already submitted for ``requests`` (found by its name), as
-        :meth:`submit_array` returned it, if Slurm still knows it."""
+        """The job array already submitted for ``requests`` (found by its name, in the queue or in
+        accounting), as :meth:`submit_array` returned it."""
         requests = list(requests)
         if len(requests) < 2:
             handle = self.lookup(requests[0]) if requests else None
             return None if handle is None else [handle]
         name = job_name(_array_key(requests))
-        records = self._queue_records(name)
-        ids = sorted({r["key"].split("_", 1)[0] for r in records.values() if r["name"] == name and "_" in r["key"]},
-                     key=int)
+        ids = sorted({r["key"].split("_", 1)[0] for r in self._named(name) if "_" in r["key"]}, key=int)
         if not ids:
             return None
         log_dir = os.path.join(os.path.dirname(_abs_workdir(requests[0])), f".slurm-{sanitize_job_key(_array_key(requests))}")

@@ -44,6 +44,13 @@ def test_sacct_argv_is_one_call_for_all_ids() -> None:
         "--format=JobID,JobIDRaw,State,ExitCode,NodeList,TimelimitRaw,Reason,JobName,Comment"]
 
 
+def test_sacct_by_name_looks_back_two_weeks_for_one_name() -> None:
+    cmds = SlurmCommands(bin_dir="/opt/slurm/bin")
+    assert cmds.sacct_by_name_argv("gatehouse-run-x-a-1-0123456789") == [
+        "/opt/slurm/bin/sacct", "--allocations", "--name=gatehouse-run-x-a-1-0123456789", "--starttime=now-14days",
+        "--noheader", "--parsable2", "--format=JobID,JobIDRaw,State,ExitCode,NodeList,TimelimitRaw,Reason,JobName,Comment"]
+
+
 def test_parse_sacct_text() -> None:
     # As sacct printed it on this cluster (Slurm 22.05.8), plus a pending remainder and a cancellation.
     text = ("178|178|FAILED|3:0|vm|2|None|gatehouse-run-acct-fails-1-07e46c2a13|gatehouse;task=fails;key=a\n"
@@ -135,11 +142,14 @@ def purged(slurm_cluster: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
     expected: dict[str, tuple[JobState, int | None]] = {}
     handles: list[JobHandle] = []
+    requests: dict[str, JobRequest] = {}
     for key, (script, state, code) in JOBS.items():
-        handle = ex.submit(req(key, script))
+        requests[key] = req(key, script)
+        handle = ex.submit(requests[key])
         handles.append(handle)
         expected[handle.external_id] = (state, code)
-    for handle, (_, state, code) in zip(ex.submit_array([req(f"el{i}", s[0]) for i, s in enumerate(ARRAY)]), ARRAY):
+    array_requests = [req(f"el{i}", s[0]) for i, s in enumerate(ARRAY)]
+    for handle, (_, state, code) in zip(ex.submit_array(array_requests), ARRAY):
         handles.append(handle)
         expected[handle.external_id] = (state, code)
     cancelled = ex.submit(req("cancelled", "sleep 300"))
@@ -157,7 +167,8 @@ def purged(slurm_cluster: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         assert _in_accounting(ids) >= set(expected)  # every job's end is in accounting
     finally:
         SlurmTracker._registry.pop(CLUSTER, None)  # nobody polls them any more
-    yield {"handles": handles, "expected": expected}
+    yield {"handles": handles, "expected": expected, "requests": requests, "array_requests": array_requests,
+           "root": root}
 
 
 def fresh() -> str:
@@ -269,4 +280,59 @@ def test_a_sacct_that_times_out_leaves_the_jobs_unknown(purged: dict) -> None:
         assert {k: s.state for k, s in settled.items()} == {k: v[0] for k, v in purged["expected"].items()}
         assert ex.tracker.accounting_failures == 0
     finally:
+        SlurmTracker._registry.pop(ex.cluster, None)
+
+
+# --------------------------------------------------------------------------- lookup by name
+
+
+def test_lookup_finds_jobs_that_left_the_queue_in_accounting(purged: dict) -> None:
+    """A worker that died between sbatch and recording the job id, found by the reconciler after
+    the job already ran and left the queue: adopted from accounting, not submitted again."""
+    ex = SlurmExecutor(cluster=fresh(), poll_interval=0.3, command_timeout=15, driver="cli")
+    try:
+        found = ex.lookup(purged["requests"]["fails"])
+        assert found is not None and found.external_id == purged["handles"][1].external_id
+        array = ex.lookup_array(purged["array_requests"])
+        assert array is not None
+        assert [h.external_id for h in array] == [h.external_id for h in purged["handles"][2:5]]
+        assert [h.data["array_task_id"] for h in array] == [0, 1, 2]
+        assert "sbatch" not in ex.commands.calls and ex.commands.calls["sacct"] == 2  # one by name each
+        # Adopted jobs settle as any other: their real ends, from accounting.
+        statuses = ex.poll_many([found, *array])
+        assert (statuses[found.external_id].state, statuses[found.external_id].exit_code) == (JobState.FAILED, 3)
+        assert [statuses[h.external_id].exit_code for h in array] == [0, 4, 0]
+        # Never submitted: absent in the queue and in accounting alike.
+        never = JobRequest(job_key="run-acct/never/1", argv=("/bin/sh", "{script}"), env={},
+                           workdir=str(purged["root"] / "never"), script="true")
+        assert ex.lookup(never) is None
+        assert ex.lookup_array([never, purged["requests"]["ok"]]) is None
+    finally:
+        SlurmTracker._registry.pop(ex.cluster, None)
+
+
+def test_lookup_with_accounting_off_does_not_see_them(purged: dict) -> None:
+    ex = SlurmExecutor(cluster=fresh(), poll_interval=0.3, command_timeout=15, driver="cli", accounting="off")
+    try:
+        assert ex.lookup(purged["requests"]["ok"]) is None
+        assert ex.lookup_array(purged["array_requests"]) is None
+        assert "sacct" not in ex.commands.calls
+    finally:
+        SlurmTracker._registry.pop(ex.cluster, None)
+
+
+def test_a_lookup_accounting_cannot_answer_is_an_error_not_absent(purged: dict) -> None:
+    """slurmdbd stopped: the job may exist, so the caller is told to ask again later (the engine
+    extends the lease), never that there is no job (it would start the attempt a second time)."""
+    pid = int(Path(DBD_PID).read_text().strip())
+    ex = SlurmExecutor(cluster=fresh(), poll_interval=0.3, command_timeout=3, driver="cli", accounting="on")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for look in (lambda: ex.lookup(purged["requests"]["ok"]), lambda: ex.lookup_array(purged["array_requests"])):
+            with pytest.raises(ExecutorError) as err:
+                look()
+            assert err.value.code == "slurm_unavailable" and "accounting" in str(err.value)
+        assert "sbatch" not in ex.commands.calls
+    finally:
+        os.kill(pid, signal.SIGCONT)
         SlurmTracker._registry.pop(ex.cluster, None)
