@@ -97,20 +97,68 @@ def parse_workflow(data: bytes | str, *, filename: str = "<input>", limits: Limi
     return _build(document, lines, hashlib.sha256(raw).hexdigest())
 
 
+#: Keys of a matrix that adjust its combinations rather than name a list of values.
+MATRIX_ADJUSTMENTS = ("include", "exclude")
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as JSON values (in Python, 1 == True and 1 == 1.0)."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def matrix_combinations(matrix: dict) -> list[dict]:
+    """The combinations of a (schema-valid) matrix, as GitHub Actions makes them: the cartesian
+    product of its lists (the last name varying fastest); less every combination that holds all
+    the values of one ``exclude`` entry; then each ``include`` entry, in order, adds its values to
+    every combination of the product that agrees with it on the lists' names (a list's value is
+    never changed; a value added by an earlier entry may be), or, agreeing with none, is added as a
+    combination of its own. Only call it on a matrix whose product was checked against the limit."""
+    names = [n for n in matrix if n not in MATRIX_ADJUSTMENTS]
+    product = ([dict(zip(names, values)) for values in itertools.product(*(matrix[n] for n in names))]
+               if names else [])
+    excluded = matrix.get("exclude") or []
+    combos = [c for c in product
+              if not any(all(k in c and _same(c[k], v) for k, v in e.items()) for e in excluded)]
+    original = list(combos)
+    for entry in matrix.get("include") or []:
+        matched = False
+        for combo in original:
+            if all(_same(combo[k], v) for k, v in entry.items() if k in names):
+                combo.update({k: v for k, v in entry.items() if k not in names})
+                matched = True
+        if not matched:
+            combos.append(dict(entry))
+    return combos
+
+
+def _product_size(matrix: dict, cap: int | None) -> int:
+    count = 1
+    for name, values in matrix.items():
+        if name in MATRIX_ADJUSTMENTS:
+            continue
+        count *= len(values) if isinstance(values, list) else 1
+        if cap is not None and count > cap:
+            return cap + 1
+    return count
+
+
 def fanout_size(task: Any, cap: int | None = None) -> int:
     """How many instances a (schema-valid) task expands to: 1 without foreach/matrix.  With
-    ``cap``, counting stops once the product exceeds it (the result is then ``cap + 1``)."""
+    ``cap``, counting stops once the product exceeds it (the result is then ``cap + 1``): a
+    matrix's product, before exclude, is held to ``cap`` too. A matrix with include or exclude is
+    expanded to be counted, once its product is known to be within ``cap``."""
     if not isinstance(task, dict):
         return 1
     foreach, matrix = task.get("foreach"), task.get("matrix")
     if isinstance(foreach, list):
         count = len(foreach)
     elif isinstance(matrix, dict):
-        count = 1
-        for values in matrix.values():
-            count *= len(values) if isinstance(values, list) else 1
-            if cap is not None and count > cap:
-                return cap + 1
+        names = [n for n in matrix if n not in MATRIX_ADJUSTMENTS]
+        count = _product_size(matrix, cap) if names else 0
+        if cap is not None and count > cap:
+            return cap + 1
+        if any(isinstance(matrix.get(k), list) for k in MATRIX_ADJUSTMENTS):
+            count = len(matrix_combinations(matrix))
     else:
         return 1
     return count if cap is None or count <= cap else cap + 1
@@ -365,20 +413,16 @@ class _Checker:
             return  # no fan-out, or the schema reports the conflict
         value = task[key]
         if key == "matrix" and isinstance(value, dict):
-            seen: dict[str, str] = {}
-            for name in value:
-                if not isinstance(name, str):
-                    continue
-                upper = name.upper()
-                if upper in seen:
-                    self.report("bad_fanout", f"matrix names {seen[upper]!r} and {name!r} both give the variable "
-                                              f"GATEHOUSE_MATRIX_{upper}", f"{base}/matrix/{name}")
-                seen.setdefault(upper, name)
+            if not self._check_matrix(base, value):
+                return
         if not (isinstance(value, list) and value) and not (
                 isinstance(value, dict) and value and all(isinstance(v, list) and v for v in value.values())):
             return  # the schema reports it
         cap = self.limits.max_fanout
         count = fanout_size(task, cap)
+        if count == 0:
+            self.report("bad_fanout", "the matrix's exclude removes every combination", f"{base}/matrix/exclude")
+            return
         if count > cap:
             exact = "" if key == "matrix" else f" ({len(value)})"
             self.report("too_many_instances", f"{key} expands to more than {cap} instances{exact}; the limit "
@@ -389,6 +433,50 @@ class _Checker:
         if isinstance(task_id, str) and len(task_id) + suffix > 64:
             self.report("fanout_id_too_long", f"instance ids like '{task_id}[{count - 1}]' would be longer than 64 "
                                               f"characters: shorten the id to at most {64 - suffix}", f"{base}/id")
+
+    def _check_matrix(self, base: str, matrix: dict) -> bool:
+        """Names that stay distinct as variable names (the lists' and those include adds), exclude
+        entries that name the matrix's lists only, and at least one list or include entry. False
+        when the matrix cannot be counted (the schema, or this, reported why)."""
+        lists = [n for n in matrix if n not in MATRIX_ADJUSTMENTS]
+        seen: dict[str, str] = {}
+
+        def name_of(name: Any, pointer: str) -> None:
+            if not isinstance(name, str):
+                return
+            upper = name.upper()
+            if seen.get(upper, name) != name:
+                self.report("bad_fanout", f"matrix names {seen[upper]!r} and {name!r} both give the variable "
+                                          f"GATEHOUSE_MATRIX_{upper}", pointer)
+            seen.setdefault(upper, name)
+
+        for name in lists:
+            name_of(name, f"{base}/matrix/{name}")
+        ok = True
+        for adjustment in MATRIX_ADJUSTMENTS:
+            entries = matrix.get(adjustment)
+            if not isinstance(entries, list):
+                ok = ok and adjustment not in matrix
+                continue
+            for j, entry in enumerate(entries):
+                if not isinstance(entry, dict) or not entry:
+                    ok = False
+                    continue
+                for name in entry:
+                    pointer = f"{base}/matrix/{adjustment}/{j}/{name}"
+                    if adjustment == "exclude" and lists and name not in lists:
+                        self.report("bad_fanout", f"exclude names {name!r}, which is not one of the matrix's lists "
+                                                  f"({', '.join(map(repr, lists)) or 'none'})", pointer)
+                        ok = False
+                    elif adjustment == "include":
+                        name_of(name, pointer)
+        if not lists and "include" not in matrix:
+            if not matrix:
+                return False  # the schema reports it
+            self.report("bad_fanout", "matrix must name at least one list of values (or include combinations)",
+                        f"{base}/matrix")
+            return False
+        return ok and all(isinstance(matrix[n], list) and matrix[n] for n in lists)
 
     def _check_fanout_inputs(self, base: str, inputs: list, ids: dict[str, int]) -> None:
         """An input from a fan-out task is a directory holding one file per instance: it must
@@ -573,8 +661,7 @@ def _fanout_items(raw: dict) -> list[Any] | None:
     if "foreach" in raw:
         return list(raw["foreach"])
     if "matrix" in raw:
-        names = list(raw["matrix"])
-        return [dict(zip(names, values)) for values in itertools.product(*(raw["matrix"][n] for n in names))]
+        return matrix_combinations(raw["matrix"])
     return None
 
 

@@ -81,6 +81,60 @@ def test_matrix_is_the_cartesian_product_last_name_fastest():
     assert json.loads(grid[1].env["GATEHOUSE_ITEM"]) == {"lr": 0.1, "depth": "x y", "on": True}
 
 
+MATRIX = T + """\
+  - id: grid
+    matrix:
+      os: [linux, mac]
+      py: [3.11, 3.12]
+      exclude:
+        - {os: mac, py: 3.11}
+      include:
+        - {os: linux, gpu: true}          # added to every linux combination
+        - {os: mac, py: 3.12, note: x}    # added to that one combination
+        - {os: windows, py: 3.12}         # agrees with none: a combination of its own
+        - {py: 3.11, os: linux, note: y}  # an added value may be replaced; a list's never
+    run: echo "$GATEHOUSE_MATRIX_OS"
+  - {id: after, needs: [grid], run: x}
+"""
+
+
+def test_matrix_exclude_and_include_work_as_in_github_actions():
+    wf = parse(MATRIX)
+    grid = [t for t in wf.tasks if t.group == "grid"]
+    assert [t.fanout["item"] for t in grid] == [
+        {"os": "linux", "py": 3.11, "gpu": True, "note": "y"},
+        {"os": "linux", "py": 3.12, "gpu": True},
+        {"os": "mac", "py": 3.12, "note": "x"},
+        {"os": "windows", "py": 3.12},
+    ]
+    assert [t.id for t in grid] == [f"grid[{i}]" for i in range(4)]
+    assert {t.env["GATEHOUSE_COUNT"] for t in grid} == {"4"}
+    assert grid[0].env["GATEHOUSE_MATRIX_GPU"] == "true" and grid[0].env["GATEHOUSE_MATRIX_NOTE"] == "y"
+    assert "GATEHOUSE_MATRIX_GPU" not in grid[3].env and grid[3].env["GATEHOUSE_MATRIX_OS"] == "windows"
+    assert wf.task("after").needs == tuple(t.id for t in grid)
+
+
+def test_matrix_values_compare_as_json():
+    # 1 and true (and 1 and 1.0 in Python) are different JSON values: exclude {x: true} leaves 1.
+    wf = parse(T + "  - id: a\n    matrix:\n      x: [1, true]\n      exclude: [{x: true}]\n    run: x\n")
+    assert [t.fanout["item"] for t in wf.tasks] == [{"x": 1}]
+
+
+def test_a_matrix_of_includes_alone():
+    wf = parse(T + "  - id: a\n    matrix:\n      include: [{x: 1}, {x: 2, y: b}]\n    run: x\n")
+    assert [t.fanout["item"] for t in wf.tasks] == [{"x": 1}, {"x": 2, "y": "b"}]
+
+
+def test_the_limit_holds_the_product_and_the_combinations_after_include():
+    body = "  - id: a\n    matrix:\n      x: [1, 2, 3]\n      y: [1, 2]\n      exclude: [{x: 1}]\n    run: x\n"
+    assert len(parse(T + body, Limits(max_fanout=6)).tasks) == 4  # 6 - 2
+    # The product is refused before anything is expanded, whatever exclude would remove.
+    assert [i.code for i in issues(T + body, Limits(max_fanout=5))] == ["too_many_instances"]
+    with_include = body.replace("    run: x\n", "      include: [{x: 9}, {x: 8}, {x: 7}]\n    run: x\n")
+    assert len(parse(T + with_include, Limits(max_fanout=7)).tasks) == 7  # 4 + 3 of their own
+    assert [i.code for i in issues(T + with_include, Limits(max_fanout=6))] == ["too_many_instances"]
+
+
 def test_fan_in_needs_every_instance_and_inputs_are_staged_per_index():
     wf = parse(PIPELINE)
     join = wf.task("join")
@@ -139,6 +193,23 @@ BAD = [
      "invalid matrix name"),
     ("matrix-names-collide", "bad_fanout", "a",
      "  - id: a\n    matrix:\n      lr: [1]\n      LR: [2]  #@here\n    run: x\n", "GATEHOUSE_MATRIX_LR"),
+    ("exclude-unknown-name", "bad_fanout", "a",
+     "  - id: a\n    matrix:\n      x: [1]\n      exclude:\n        - {y: 1}  #@here\n    run: x\n",
+     "exclude names 'y', which is not one of the matrix's lists"),
+    ("exclude-everything", "bad_fanout", "a",
+     "  - id: a\n    matrix:\n      x: [1, 2]\n      exclude: [{x: 1}, {x: 2}]  #@here\n    run: x\n",
+     "removes every combination"),
+    ("include-not-a-list", "bad_fanout", "a",
+     "  - id: a\n    matrix:\n      x: [1]\n      include: {x: 2}  #@here\n    run: x\n",
+     "include must be a list of mappings"),
+    ("include-empty-entry", "bad_fanout", "a",
+     "  - id: a\n    matrix:\n      x: [1]\n      include:\n        - {}  #@here\n    run: x\n",
+     "at least one value"),
+    ("include-names-collide", "bad_fanout", "a",
+     "  - id: a\n    matrix:\n      lr: [1]\n      include:\n        - {LR: 2}  #@here\n    run: x\n",
+     "GATEHOUSE_MATRIX_LR"),
+    ("only-exclude", "bad_fanout", "a",
+     "  - id: a\n    matrix:  #@here\n      exclude: [{x: 1}]\n    run: x\n", "at least one list"),
     ("gate-foreach", "gate_fanout", "g",
      "  - id: g\n    type: gate\n    title: t\n    options: [ok]\n    foreach: [1, 2]  #@here\n", "cannot fan out"),
     ("gate-matrix", "gate_fanout", "g",
