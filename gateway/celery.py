@@ -8,7 +8,6 @@ from celery.signals import task_postrun, task_prerun, worker_init, worker_proces
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway.settings")
 
 
-
 class _CelerySettings(Mapping):
     """Django's CELERY_* settings as a plain dict, read once, when Celery first looks at its
     configuration. Celery reads several settings for every message it sends (the engine sends a
