@@ -200,6 +200,10 @@ def _status_from_returncode(rc: int) -> JobStatus:
 # util-linux's setpriv sets the parent-death signal and execs the task: the same guarantee as a
 # preexec_fn calling prctl, without forcing subprocess to fork() the whole worker (a preexec_fn
 # rules out vfork; fork copies the worker's page tables, about 7 ms a task against 2 ms here).
+# One difference: setpriv does not check that its parent is still there after setting it, so a
+# worker killed in the instant between submit() returning and setpriv's prctl (a loaded machine
+# can stretch it to milliseconds) leaves that task running; the reconciler then starts a new
+# attempt once the lease expires. The preexec_fn path checks getppid() and closes that window.
 _SETPRIV = shutil.which("setpriv", path="/usr/bin:/bin:/usr/sbin:/sbin") if sys.platform.startswith("linux") else None
 
 

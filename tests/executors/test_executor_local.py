@@ -387,11 +387,22 @@ def _kill_leftover(pid: int, ticks: int) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
+def _program(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0].decode()
+    except OSError:
+        return ""
+
+
 @pytest.mark.parametrize("mechanism", [[], ["--preexec"]], ids=["setpriv", "preexec_fn"])
 def test_task_dies_with_the_worker(tmp_path: Path, mechanism: list[str]) -> None:
     helper, pid, ticks = _start_helper(tmp_path / "wd", *mechanism)
     try:
         assert proc_alive(pid, ticks)
+        # The guarantee holds once the task's own program runs: setpriv sets the parent-death
+        # signal just before it execs it (executors/local.py says so), a moment a loaded machine
+        # can stretch past the helper's report.
+        assert wait_for(lambda: os.path.basename(_program(pid)) == "sleep", timeout=10), _program(pid)
         helper.kill()
         helper.wait(10)
         assert wait_for(lambda: not proc_alive(pid, ticks), timeout=5), "the task outlived its worker"
