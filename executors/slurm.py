@@ -72,7 +72,7 @@ from .base import (
 from .local import RUNTIME_OPTIONS, SAFE_PATH, container_options, resolve_argv, task_env
 from .remote import RemoteExecutor
 from .workdir import CONTROL_DIR, _abs_workdir, _ensure_private_dir, check_inputs, collect_workdir, prepare_workdir
-from .slurm_tracker import ACCOUNTING_MODES, SlurmTracker, _no_accounting
+from .slurm_tracker import ACCOUNTING_MODES, SlurmTracker
 
 __all__ = [
     "APPTAINER_OPTIONS",
@@ -1200,8 +1200,7 @@ class SlurmExecutor(RemoteExecutor):
         try:
             text = self.commands.run(self.commands.sacct_by_name_argv(name)).stdout
         except SlurmCommandError as exc:
-            if tracker.accounting == "auto" and tracker.accounting_available is None and _no_accounting(exc):
-                tracker.accounting_available = False  # found out once, as the tracker does
+            if tracker.found_no_accounting(exc):
                 return {}
             raise ExecutorError("slurm_unavailable", f"cannot ask Slurm's accounting for {name}: {exc}") from exc
         return {key: r for key, r in parse_sacct_text(text).items() if r["name"] == name}

@@ -134,8 +134,7 @@ class SlurmTracker(StatusTracker):
         try:
             records = parse_sacct_text(self.commands.run(self.commands.sacct_argv(ids)).stdout)
         except SlurmCommandError as exc:
-            if self.accounting == "auto" and self.accounting_available is None and _no_accounting(exc):
-                self.accounting_available = False  # found out once: this cluster keeps no accounting
+            if self.found_no_accounting(exc):
                 return missing
             self.accounting_failures += 1
             self.last_accounting_error = str(exc)
@@ -149,6 +148,13 @@ class SlurmTracker(StatusTracker):
         self.accounting_failures = 0
         self.last_accounting_error = ""
         return self._record(asked, records, record_status)
+
+    def found_no_accounting(self, exc: Exception) -> bool:
+        """Whether a failed sacct says this cluster keeps no accounting, as ``auto`` finds out once
+        (later calls then leave accounting alone); any other failure is a failure to report."""
+        if self.accounting == "auto" and self.accounting_available is None and _no_accounting(exc):
+            self.accounting_available = False
+        return self.accounting_available is False
 
     def _record(self, keys: list[str], records: dict, record_status) -> list[str]:
         """The status of each of `keys` that `records` holds; returns the keys it does not hold."""
