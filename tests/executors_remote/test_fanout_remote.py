@@ -176,13 +176,18 @@ def test_members_left_submitting_by_a_lost_worker_are_adopted_never_resubmitted(
 # ---------------------------------------------------------------- AWS Batch (moto server)
 
 
-@pytest.fixture
-def cloud(world, tenant, author, recording):  # noqa: F811
+def _batch_backend(world, tenant, author, **options) -> None:
+    """The tenant's "cloud" backend on moto's Batch server (no Docker: jobs run with sh), with its keys."""
     world.docker_less(True)
-    backends_configure(tenant=tenant, actor=author, source=batch_backends(
-        world, artefact_prefix="fanout-tests/", poll_interval=0.2, submit_rate=100, submit_burst=100, max_attempts=1))
+    backends_configure(tenant=tenant, actor=author, source=batch_backends(world, **options))
     credentials_set(tenant=tenant, backend="cloud", actor=author,
                     values={"aws_access_key_id": "testing", "aws_secret_access_key": "testing"})
+
+
+@pytest.fixture
+def cloud(world, tenant, author, recording):  # noqa: F811
+    _batch_backend(world, tenant, author, artefact_prefix="fanout-tests/", poll_interval=0.2, submit_rate=100,
+                   submit_burst=100, max_attempts=1)
     BatchTracker.forget_all()
     registry.clear_cache()
     yield world
@@ -263,11 +268,8 @@ def test_workers_racing_on_siblings_never_submit_one_instance_twice(cloud, tenan
 
 def test_the_rate_limiter_counts_an_array_as_one_submission(world, tenant, author, recording):  # noqa: F811
     """One SubmitJob token in the bucket: the array of five takes it; the next submission finds none."""
-    world.docker_less(True)
-    backends_configure(tenant=tenant, actor=author, source=batch_backends(
-        world, artefact_prefix="fanout-rate/", poll_interval=0.2, submit_rate=0.001, submit_burst=1, submit_wait=0.2))
-    credentials_set(tenant=tenant, backend="cloud", actor=author,
-                    values={"aws_access_key_id": "testing", "aws_secret_access_key": "testing"})
+    _batch_backend(world, tenant, author, artefact_prefix="fanout-rate/", poll_interval=0.2, submit_rate=0.001,
+                   submit_burst=1, submit_wait=0.2)
     from executors import batch as batch_module
 
     batch_module._buckets.clear()
