@@ -106,8 +106,9 @@ def _prepared_cursor():
     """A prepared-statement cursor on the default connection (gateway/pgprepared.py); these two
     statements run once per task and are long (CTEs, audit bodies), so PostgreSQL parses and plans
     them once per connection instead of once per task (after five executions PostgreSQL keeps one
-    generic plan: both statements find their rows by primary key or unique index whatever the
-    values). psycopg's RawCursor takes their $n placeholders as they are."""
+    generic plan, made again as the connection's executions double, so that one made on nearly empty
+    tables, with sequential scans, does not stay: gateway/pgprepared.py). psycopg's RawCursor takes
+    their $n placeholders as they are."""
     return prepared_cursor(connections[DEFAULT_DB_ALIAS], dollar_placeholders=True)
 
 
