@@ -12,7 +12,7 @@ keeps one generic plan per prepared statement, costed from the tables' size at t
 makes it again only when a table's definition or statistics change. On a fresh database (or one
 whose statistics autovacuum does not keep) the plan made on the first few rows stays for the
 connection's life, even when it reads a whole table: measured, a task's finish that took 0.3 ms on
-index lookups took 3-7 ms on sequential scans of 2,000-4,000 tasks, growing with the table. So each
+index lookups took 2-7 ms on sequential scans of 2,000-4,000 tasks, growing with the table. So each
 time the number of prepared executions on a connection reaches a power of two from REPLAN_FROM to
 REPLAN_UNTIL, the connection's plans are dropped (DISCARD PLANS: the statements stay prepared) and
 made again from the tables as they are then: a connection's plans are never older than half of its
