@@ -61,6 +61,20 @@ def test_statement_placeholders_become_numbered_once_per_name():
         statement.params({"a": 1})
 
 
+def test_tasks_are_found_by_run_through_the_unique_run_key_index_alone():
+    """No index on run_id alone next to the unique (run, key) one: every changed task row would pay
+    an entry in it, and the finish's lookup of a dependant by (run, key) could be planned on it and
+    read the whole run per dependant (gateway/models.py)."""
+    if connection.vendor != "postgresql":
+        pytest.skip("the indexes checked are PostgreSQL's")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = %s",
+                       [TaskInstance._meta.db_table])
+        indexes = dict(cursor.fetchall())
+    assert indexes["task_unique_key_per_run"].endswith("(run_id, key)")
+    assert [name for name, text in indexes.items() if text.endswith("(run_id)")] == []
+
+
 def _attempt_dirs(task: TaskInstance) -> list[Path]:
     workdir = task_workdir(task, task.attempt)
     return [workdir, workdir.parent / f".{task.key}.{task.attempt}.inputs"]
