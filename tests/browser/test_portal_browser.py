@@ -72,6 +72,14 @@ def open_gate(run) -> Gate:
                       what="the gate to open")
 
 
+# Set when the page's live socket opens (gateway/static/gatehouse/live.js: a "connect" resync).
+LIVE_OPEN_LISTENER = """
+document.addEventListener("gatehouse:resync", function (e) {
+  if (e.detail && e.detail.reason === "connect") { window.__liveOpen = true; }
+});
+"""
+
+
 def mark_page(page) -> None:
     """A value that survives only as long as the page is not reloaded."""
     page.evaluate("window.__notReloaded = true")
@@ -155,8 +163,11 @@ def test_a_lower_cleared_analyst_never_sees_the_secret_gate(live, person, acme, 
     low, _ = person("analyst", level="CONFIDENTIAL")
     frames: list[str] = []
     low.on("websocket", lambda ws: ws.on("framereceived", lambda payload: frames.append(str(payload))))
+    low.add_init_script(LIVE_OPEN_LISTENER)
     low.reload()  # the socket opens after the listener is in place
-    wait_until(lambda: low.evaluate("document.readyState") == "complete", what="the inbox")
+    # Open, so subscribed (gateway/realtime/consumer.py joins the groups before the handshake): the
+    # gates below reach the page as frames, not only through the resync a later connect would do.
+    wait_until(lambda: low.evaluate("window.__liveOpen === true"), what="the inbox's live socket to open")
     mark_page(low)
     secret = run_submit(tenant=acme, actor=author, source=workflow("secret-run", "SECRET", "Secret gate"))
     visible = run_submit(tenant=acme, actor=author, source=workflow("conf-run", "CONFIDENTIAL", "Confidential gate"))
