@@ -3,6 +3,17 @@
 The dispatcher is a setting, like Django's email backends: Celery in every real deployment;
 a recording dispatcher that keeps the messages in memory for tests that drive the engine
 step by step in an order they choose.
+
+The dispatch window: of the tasks readied together (a fan-out's thousands), the first
+DISPATCH_WINDOW in id order get a message; the rest are *held*: QUEUED at attempt 1 like them,
+with their history and audit entries, but no message. A worker that has run a task claims the
+run's held tasks next, one by one, for up to DRAIN_SECONDS (gateway/worker.py), then sends messages
+for a few more (`dispatch_held`). So a fan-out costs a few messages instead of one per task (a
+message's trip through the broker and the worker's main process cost about as much CPU as the
+engine's own bookkeeping of a no-op task), a run spreads over the workers as they free up, and
+other runs' messages are served between one drain and the next instead of after the whole fan-out.
+A held task nobody claims (every worker draining its run died) is sent by the reconciler after
+DISPATCH_TIMEOUT, as a lost message is.
 """
 from __future__ import annotations
 
@@ -118,6 +129,12 @@ def get_dispatcher():
     return _dispatcher(settings.GATEHOUSE_ENGINE["DISPATCHER"])
 
 
+def dispatch_window() -> int:
+    """How many of the tasks readied together are sent as messages (0: all of them); the rest are
+    held, and the workers that run the sent ones claim them next (gateway/worker.py)."""
+    return int(settings.GATEHOUSE_ENGINE.get("DISPATCH_WINDOW", 0))
+
+
 def dispatch_on_commit(messages: Iterable[Message]) -> None:
     batch = list(messages)
     if batch:
@@ -136,3 +153,19 @@ def collect_on_commit(task_id: int, attempt: int, status: dict) -> None:
 def cancel_remote_on_commit(task_id: int, attempt: int) -> None:
     """A cancelled task whose job runs on a remote backend: stop that job (gateway/remote.py)."""
     transaction.on_commit(lambda: get_dispatcher().send_cancel(task_id, attempt))
+
+
+def dispatch_held(run_id, count: int) -> int:
+    """Send messages for up to `count` of the run's held tasks (no longer held), after commit."""
+    from .choices import TaskState
+    from .models import TaskInstance
+
+    with transaction.atomic():
+        ids = list(TaskInstance.objects.select_for_update(skip_locked=True)
+                   .filter(run_id=run_id, state=TaskState.QUEUED, held=True).order_by("id")
+                   .values_list("id", "attempt")[:count])
+        if ids:
+            # Still QUEUED at the same attempt: no move, so no history row; only a message now.
+            TaskInstance.objects.filter(id__in=[i for i, _ in ids]).update(held=False)
+            dispatch_on_commit(ids)
+    return len(ids)

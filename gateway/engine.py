@@ -19,7 +19,7 @@ from django.utils import timezone
 from audit.services import audit_append, audit_append_many
 
 from .choices import ALLOWED_TRANSITIONS, RUN_TERMINAL, TASK_TERMINAL, RunState, TaskKind, TaskState
-from .dispatch import cancel_remote_on_commit, dispatch_on_commit
+from .dispatch import cancel_remote_on_commit, dispatch_on_commit, dispatch_window
 from .models import Run, TaskInstance, TaskTransition
 from .realtime import events as live
 
@@ -49,6 +49,8 @@ def task_transition(
         raise InvalidTransition(task, to_state)
     if not _record(task, to_state, transition_id, fields.get("attempt", task.attempt), reason, actor):
         return False
+    if task.held:
+        fields.setdefault("held", False)  # held is a QUEUED task's waiting for a worker; any move ends it
     # A task cancelled while its job runs on a remote backend: that job is stopped after commit.
     remote_job = fields.get("external", task.external) if (
         to_state == TaskState.CANCELLED and task.state == TaskState.RUNNING) else None
@@ -124,6 +126,7 @@ def _bulk_transition(tasks: list[TaskInstance], to_state: str, *, id_prefix: str
         task.state = to_state
         task.reason = reason
         task.state_changed_at = now
+        task.held = False
         if to_state in TASK_TERMINAL:
             task.finished_at = now
         for name, value in fields.items():
@@ -136,7 +139,7 @@ def _bulk_transition(tasks: list[TaskInstance], to_state: str, *, id_prefix: str
                   "transition": h.transition_id, "reason": reason[:500]}}
         for t, h in zip(tasks, history)
     ])
-    update = {"state": to_state, "reason": reason, "state_changed_at": now, **fields}
+    update = {"state": to_state, "reason": reason, "state_changed_at": now, "held": False, **fields}
     if to_state in TASK_TERMINAL:
         update["finished_at"] = now
     TaskInstance.objects.filter(id__in=[t.id for t in tasks]).update(**update)
@@ -150,9 +153,12 @@ def make_ready(tasks: list[TaskInstance]) -> None:
     gates = [t for t in tasks if t.kind == TaskKind.GATE]
     if plain:
         # Attempt numbers grow per task; a task readied for the first time gets attempt 1.
-        first = [t for t in plain if t.attempt == 0]
-        _bulk_transition(first, TaskState.QUEUED, id_prefix="ready", reason="", attempt=1)
-        dispatch_on_commit((t.id, t.attempt) for t in first)
+        first = sorted((t for t in plain if t.attempt == 0), key=lambda t: t.id)
+        window = dispatch_window() or len(first)
+        sent, held = first[:window], first[window:]
+        _bulk_transition(sent, TaskState.QUEUED, id_prefix="ready", reason="", attempt=1)
+        _bulk_transition(held, TaskState.QUEUED, id_prefix="ready", reason="", attempt=1, held=True)
+        dispatch_on_commit((t.id, t.attempt) for t in sent)
     if gates:
         from approvals.services import gate_open
 

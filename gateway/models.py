@@ -75,6 +75,9 @@ class TaskInstance(models.Model):
     state = models.CharField(max_length=20, choices=TaskState.choices, default=TaskState.PENDING)
     reason = models.TextField(blank=True)
     attempt = models.IntegerField(default=0)  # increases with every dispatch
+    # QUEUED with no message sent: a worker that finishes a task of the same run claims it next
+    # (gateway/worker.py, the dispatch window); the reconciler sends its message if none does.
+    held = models.BooleanField(default=False)
     failures = models.IntegerField(default=0)  # attempts that failed (counted against `retries`)
     recoveries = models.IntegerField(default=0)  # attempts lost with their worker
     exit_code = models.IntegerField(null=True, blank=True)
@@ -91,6 +94,8 @@ class TaskInstance(models.Model):
         indexes = [
             # "Is anything of this run still open?" stays cheap however large the run.
             models.Index(fields=["run"], condition=~Q(state__in=TASK_TERMINAL), name="task_open_by_run"),
+            # A run's held tasks, in the order a worker claims them.
+            models.Index(fields=["run", "id"], condition=Q(state=TaskState.QUEUED, held=True), name="task_held_by_run"),
             # The reconciler's scans.
             models.Index(
                 fields=["state", "state_changed_at"],

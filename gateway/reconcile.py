@@ -119,7 +119,7 @@ def redispatch_lost_messages(now) -> int:
                 TaskState.QUEUED,
                 transition_id=f"redispatch:{task.id}:{previous}",
                 reason=f"attempt {previous} was not claimed in time",
-                attempt=previous + 1,
+                attempt=previous + 1,  # a held task (gateway/dispatch.py, the window) gets its message now
             ):
                 dispatch_on_commit([(task.id, task.attempt)])
                 audit_append(event="task.redispatched", tenant_id=task.tenant_id, obj=task, data={"attempt": task.attempt})

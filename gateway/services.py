@@ -104,9 +104,9 @@ _TASK_COLUMNS = ("key", "kind", "spec", "dependants", "needs_remaining", "backen
 # defaults give a new row (bulk_create of TaskInstance(...)): NULL where the model allows it.
 _INSERT_TASKS = (
     f'INSERT INTO "{TaskInstance._meta.db_table}" (tenant_id, run_id, key, kind, spec, dependants, needs_remaining, '
-    "backend, classification, state, reason, attempt, failures, recoveries, state_changed_at, worker) "
+    "backend, classification, state, reason, attempt, held, failures, recoveries, state_changed_at, worker) "
     "SELECT %(tenant)s, %(run)s, r.v->>0, r.v->>1, r.v->2, r.v->3, (r.v->>4)::integer, r.v->>5, r.v->>6, "
-    "%(state)s, '', 0, 0, 0, %(now)s, '' FROM jsonb_array_elements(%(rows)s::jsonb) WITH ORDINALITY AS r(v, n) "
+    "%(state)s, '', 0, false, 0, 0, %(now)s, '' FROM jsonb_array_elements(%(rows)s::jsonb) WITH ORDINALITY AS r(v, n) "
     "ORDER BY r.n RETURNING key, id"
 )
 

@@ -300,6 +300,11 @@ GATEHOUSE_ENGINE = {
     "LEASE_SECONDS": env.float("GATEHOUSE_LEASE_SECONDS", default=30.0),
     # A task queued this long without being claimed is taken as a lost broker message.
     "DISPATCH_TIMEOUT_SECONDS": env.float("GATEHOUSE_DISPATCH_TIMEOUT_SECONDS", default=300.0),
+    # Of the tasks readied together (a fan-out), at most DISPATCH_WINDOW get a message; the rest are
+    # held, and the worker that runs a sent one then claims held ones of the same run for up to
+    # DRAIN_SECONDS, when it hands on with messages (gateway/worker.py). 0 sends every task a message.
+    "DISPATCH_WINDOW": env.int("GATEHOUSE_DISPATCH_WINDOW", default=32),
+    "DRAIN_SECONDS": env.float("GATEHOUSE_DRAIN_SECONDS", default=2.0),
     "RECONCILE_INTERVAL_SECONDS": env.float("GATEHOUSE_RECONCILE_INTERVAL_SECONDS", default=5.0),
     # How many times a task is restarted after its worker was lost before it fails.
     "MAX_RECOVERIES": env.int("GATEHOUSE_MAX_RECOVERIES", default=3),

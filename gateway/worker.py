@@ -1,8 +1,11 @@
-"""What a worker does with one dispatch message: claim the attempt, run it, record the end.
+"""What a worker does with one dispatch message: claim the attempt, run it, record the end; then
+the run's held tasks, if it has any (gateway/dispatch.py, the window), the same way.
 
 Exactly once per attempt: the claim moves QUEUED -> RUNNING only if the row still holds the
 attempt named in the message, under the row lock, so a redelivered or duplicated message
-finds the task already RUNNING (or at a later attempt) and does nothing.
+finds the task already RUNNING (or at a later attempt) and does nothing. A held task is claimed
+by the same guarded move (SKIP LOCKED picks it, so two workers draining one run take different
+tasks), and a message later sent for it finds it taken.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import os
 import shutil
 import socket
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -37,7 +41,7 @@ from audit.services import audit_append
 from . import remote, worker_sql
 from .artefacts import ArtefactError
 from .choices import TaskState
-from .dispatch import dispatch_on_commit, retry_on_commit
+from .dispatch import dispatch_held, dispatch_on_commit, retry_on_commit
 from .engine import after_terminal, task_transition
 from .models import Artefact, TaskInstance, TaskTransition
 from .placement import UNREAD, placement_check
@@ -58,16 +62,33 @@ def task_claim(task_id: int, attempt: int) -> TaskInstance | None:
         task = TaskInstance.objects.select_for_update().filter(id=task_id).first()
         if task is None or task.state != TaskState.QUEUED or task.attempt != attempt:
             return None
-        now = timezone.now()
-        moved = task_transition(
-            task,
-            TaskState.RUNNING,
-            transition_id=f"claim:{task.id}:{attempt}",
-            worker=f"{socket.gethostname()}:{os.getpid()}",
-            lease_expires_at=now + timedelta(seconds=_engine("LEASE_SECONDS")),
-            started_at=now,
-        )
-        return task if moved else None
+        return _claim_locked(task)
+
+
+def task_claim_held(run_id) -> TaskInstance | None:
+    """Claim the run's first held task (gateway/dispatch.py, the window) at its current attempt;
+    None when it has none left. Workers draining one run take different tasks (SKIP LOCKED where
+    the database has it; SQLite runs one writer at a time)."""
+    if worker_sql.enabled():
+        return worker_sql.task_claim_held(run_id)  # the same, in one statement
+    with transaction.atomic():
+        task = (TaskInstance.objects.select_for_update(skip_locked=True)
+                .filter(run_id=run_id, state=TaskState.QUEUED, held=True).order_by("id").first())
+        return None if task is None else _claim_locked(task)
+
+
+def _claim_locked(task: TaskInstance) -> TaskInstance | None:
+    """QUEUED -> RUNNING for the locked row's current attempt, leased to this worker."""
+    now = timezone.now()
+    moved = task_transition(
+        task,
+        TaskState.RUNNING,
+        transition_id=f"claim:{task.id}:{task.attempt}",
+        worker=f"{socket.gethostname()}:{os.getpid()}",
+        lease_expires_at=now + timedelta(seconds=_engine("LEASE_SECONDS")),
+        started_at=now,
+    )
+    return task if moved else None
 
 
 @dataclass
@@ -362,18 +383,43 @@ def _remove_meanwhile(paths: list[Path]) -> Future | None:
     return pool.submit(lambda: [shutil.rmtree(path, ignore_errors=True) for path in paths])
 
 
+#: Messages a worker sends for a run's held tasks when its drain's time is up: more than one, so a
+#: run spreads to workers that became free meanwhile (the messages in flight for it double with each
+#: hand-on while tasks are held), each message carrying a real task, none a duplicate.
+HAND_ON = 2
+
+
 def task_execute(task_id: int, attempt: int) -> str:
-    """The whole life of one dispatch message."""
+    """The whole life of one dispatch message: its attempt; then, while DRAIN_SECONDS have not
+    passed, the run's held tasks one after another (gateway/dispatch.py, the window: each claimed
+    like a message's, so exactly once); when the time is up with tasks still held, HAND_ON of them
+    get messages and wait their turn in the queue like any other (other runs' messages come first)."""
     task = task_claim(task_id, attempt)
     if task is None:
         return "stale"  # a redelivered message: the attempt was claimed (and its job, if any, recorded) before
+    result = _execute_claimed(task)
+    run_id = task.run_id
+    deadline = time.monotonic() + float(_engine("DRAIN_SECONDS"))
+    while True:
+        if time.monotonic() >= deadline:
+            dispatch_held(run_id, HAND_ON)
+            break
+        task = task_claim_held(run_id)
+        if task is None:
+            break
+        _execute_claimed(task)
+    return result
+
+
+def _execute_claimed(task: TaskInstance) -> str:
+    attempt = task.attempt
     removals: list[Path] = []
     outcome = task_run(task, attempt, removals=removals)
     removing = _remove_meanwhile(removals)
     try:
         if outcome.detached:
             return outcome.detached
-        return task_finish(task_id, attempt, outcome)
+        return task_finish(task.id, attempt, outcome)
     finally:
         if removing is not None:
             removing.result()

@@ -27,7 +27,9 @@ Guarantees kept, and where:
 - atomicity: a finish committed by itself is one statement (all of it or nothing); when the locked
   dependants show that a gate opens or the run may close, that statement changes nothing and the
   finish is made again in a transaction with the gate's opening or the run's close;
-- side effects after commit: readied tasks are dispatched with dispatch_on_commit;
+- side effects after commit: readied tasks are dispatched with dispatch_on_commit, the first
+  DISPATCH_WINDOW of them; the rest are held, numbered in id order in the same statement as the
+  ORM path numbers them (engine.make_ready), and claimed later by `task_claim_held`;
 - row-level security: plain DML under the caller's scope (workers are the system scope), checked
   by the policies like any other statement.
 
@@ -59,7 +61,7 @@ from audit.services import audit_data_json, audit_entries_cte, audit_where_json
 from executors.models import BackendConfiguration
 
 from .choices import TASK_TERMINAL
-from .dispatch import dispatch_on_commit
+from .dispatch import dispatch_on_commit, dispatch_window
 from .models import Artefact, TaskInstance, TaskTransition
 from .realtime import events as live
 
@@ -131,19 +133,30 @@ def _transition_data(source: str, to_state: str, transition: str, attempt: str =
     )
 
 
-_CLAIM = _Statement(
-    f'WITH t AS (UPDATE "{_TASK}" SET state = \'RUNNING\', reason = \'\', state_changed_at = %(now)s::timestamptz, '
-    "worker = %(worker)s::text, lease_expires_at = %(lease)s::timestamptz, started_at = %(now)s "
-    "WHERE id = %(id)s::bigint AND state = 'QUEUED' AND attempt = %(attempt)s::integer "
-    f"RETURNING {', '.join(f.column for f in _FIELDS)}), "
-    f"h AS ({_history('t', 'claim', repr('QUEUED'), 'RUNNING')}), "
-    "s AS (SELECT 1 AS ord, t.tenant_id, 'task.transition' AS event, 'task' AS object_type, t.id::text AS object_id, "
-    f"t.classification AS label, {_transition_data('t', 'RUNNING', 'claim')} AS data FROM t), "
-    f"{audit_entries_cte('s', events=('task.transition',))} "
-    f"SELECT {', '.join('t.' + f.column for f in _FIELDS)}, "
-    # Which backend configuration the tenant has as of this statement (gateway/placement.py).
-    f"(SELECT c.id || ':' || c.revision || ':' || c.digest FROM \"{_CONFIGURATION}\" c "
-    "WHERE c.tenant_id = t.tenant_id) FROM t"
+def _claim_statement(which: str) -> _Statement:
+    return _Statement(
+        f'WITH t AS (UPDATE "{_TASK}" SET state = \'RUNNING\', reason = \'\', state_changed_at = %(now)s::timestamptz, '
+        "worker = %(worker)s::text, lease_expires_at = %(lease)s::timestamptz, started_at = %(now)s, held = false "
+        f"WHERE {which} "
+        f"RETURNING {', '.join(f.column for f in _FIELDS)}), "
+        f"h AS ({_history('t', 'claim', repr('QUEUED'), 'RUNNING')}), "
+        "s AS (SELECT 1 AS ord, t.tenant_id, 'task.transition' AS event, 'task' AS object_type, t.id::text AS object_id, "
+        f"t.classification AS label, {_transition_data('t', 'RUNNING', 'claim')} AS data FROM t), "
+        f"{audit_entries_cte('s', events=('task.transition',))} "
+        f"SELECT {', '.join('t.' + f.column for f in _FIELDS)}, "
+        # Which backend configuration the tenant has as of this statement (gateway/placement.py).
+        f"(SELECT c.id || ':' || c.revision || ':' || c.digest FROM \"{_CONFIGURATION}\" c "
+        "WHERE c.tenant_id = t.tenant_id) FROM t"
+    )
+
+
+# The attempt a message names.
+_CLAIM = _claim_statement("id = %(id)s::bigint AND state = 'QUEUED' AND attempt = %(attempt)s::integer")
+# The run's first held task that no other worker is claiming (gateway/dispatch.py, the window):
+# SKIP LOCKED, so that workers draining one run take different tasks without waiting on each other.
+_CLAIM_HELD = _claim_statement(
+    f'id = (SELECT q.id FROM "{_TASK}" q WHERE q.run_id = %(run)s::uuid AND q.state = \'QUEUED\' AND q.held '
+    "ORDER BY q.id LIMIT 1 FOR UPDATE SKIP LOCKED) AND state = 'QUEUED' AND held"
 )
 
 
@@ -159,15 +172,15 @@ def _worker_name() -> str:
     return _worker[1]
 
 
-def _claim_row(params: dict):
+def _claim_row(params: dict, statement: _Statement = _CLAIM):
     # Inside a caller's transaction the statement gets a savepoint, so that a refused history
     # row (its transition id was recorded before) leaves that transaction usable.
     with transaction.atomic() if connection.in_atomic_block else nullcontext(), _prepared_cursor() as cursor:
-        cursor.execute(_CLAIM.sql, _CLAIM.params(params))
+        cursor.execute(statement.sql, statement.params(params))
         return cursor.fetchone()
 
 
-def _claim_checking_health(params: dict):
+def _claim_checking_health(params: dict, statement: _Statement = _CLAIM):
     """The claim, as the kept connection's health check. With CONN_HEALTH_CHECKS, Django checks a
     kept connection with its own `SELECT 1` round trip before the first statement of each task
     (gateway.celery runs close_old_connections around every task); here the claim itself is the
@@ -178,30 +191,40 @@ def _claim_checking_health(params: dict):
     expires), as it would be without the repeat; no attempt can be claimed twice."""
     conn = connection
     if conn.connection is None or not conn.health_check_enabled or conn.health_check_done or conn.in_atomic_block:
-        return _claim_row(params)
+        return _claim_row(params, statement)
     conn.health_check_done = True  # Django would have sent its check now; this statement is the check
     try:
-        return _claim_row(params)
+        return _claim_row(params, statement)
     except (OperationalError, InterfaceError):
         if conn.is_usable():
             raise  # the statement failed, not the connection
         conn.close()
-    return _claim_row(params)  # on a new connection
+    return _claim_row(params, statement)  # on a new connection
 
 
 def task_claim(task_id: int, attempt: int) -> TaskInstance | None:
     """QUEUED -> RUNNING for exactly this attempt, with its history row and audit entry: one
     statement, so one round trip and one commit. Returns the claimed row (spec included: the run
     needs it and the finish does not read it again), or None when the message is stale."""
+    return _claim(_CLAIM, id=task_id, attempt=attempt)
+
+
+def task_claim_held(run_id) -> TaskInstance | None:
+    """The same move for the run's first held task (its current attempt) that no other worker is
+    claiming; None when the run has none left."""
+    return _claim(_CLAIM_HELD, run=run_id)
+
+
+def _claim(statement: _Statement, **key) -> TaskInstance | None:
     now = timezone.now()
     params = {
-        "id": task_id, "attempt": attempt, "now": now,
+        **key, "now": now,
         "worker": _worker_name(),
         "lease": now + timedelta(seconds=settings.GATEHOUSE_ENGINE["LEASE_SECONDS"]),
         "audit_at": now, "audit_where": audit_where_json(),
     }
     try:
-        row = _claim_checking_health(params)
+        row = _claim_checking_health(params, statement)
     except IntegrityError as exc:
         if getattr(getattr(exc.__cause__, "diag", None), "table_name", None) != _HISTORY:
             raise
@@ -244,6 +267,9 @@ _FINISH = _Statement(
     "FROM l, jsonb_array_elements_text(l.dependants) AS k(key)), "
     f'd AS (SELECT x.id, x.state, {_READY} AS ready, {_GATE_READY} AS gate_ready FROM "{_TASK}" x '
     "WHERE x.id = ANY (ARRAY(SELECT k.id FROM k)) ORDER BY x.id FOR UPDATE), "
+    # The readied tasks numbered in id order: those past the dispatch window are held (no message;
+    # gateway/dispatch.py), the first WINDOW are sent.
+    "n AS (SELECT d.id, count(*) FILTER (WHERE d.ready) OVER (ORDER BY d.id) AS nth FROM d), "
     "g AS (SELECT NOT %(alone)s::boolean OR (NOT coalesce(bool_or(d.gate_ready), false) "
     f"AND coalesce(bool_or(d.state NOT IN ({_TERMINAL})), false)) AS go FROM d), "
     f"t AS (UPDATE \"{_TASK}\" z SET state = 'SUCCEEDED', reason = '', state_changed_at = %(now)s::timestamptz, "
@@ -261,9 +287,11 @@ _FINISH = _Statement(
     "state = CASE WHEN d.ready THEN 'QUEUED' ELSE x.state END, "
     "attempt = CASE WHEN d.ready THEN 1 ELSE x.attempt END, "
     "reason = CASE WHEN d.ready THEN '' ELSE x.reason END, "
-    "state_changed_at = CASE WHEN d.ready THEN %(now)s ELSE x.state_changed_at END "
-    "FROM d, g WHERE x.id = d.id AND g.go "
-    "RETURNING x.id, x.tenant_id, x.run_id, x.key, x.classification, x.state, x.attempt, d.ready, d.gate_ready), "
+    "state_changed_at = CASE WHEN d.ready THEN %(now)s ELSE x.state_changed_at END, "
+    "held = CASE WHEN d.ready THEN %(window)s::integer > 0 AND n.nth > %(window)s::integer ELSE x.held END "
+    "FROM d JOIN n ON n.id = d.id, g WHERE x.id = d.id AND g.go "
+    "RETURNING x.id, x.tenant_id, x.run_id, x.key, x.classification, x.state, x.attempt, d.ready, d.gate_ready, "
+    "x.held), "
     "r AS (SELECT * FROM u WHERE u.ready), "
     # One INSERT for the history rows, in the ORM path's order (the attempt's end, then the readied
     # tasks by id): rows of one INSERT ... ORDER BY draw their ids in that order.
@@ -283,7 +311,7 @@ _FINISH = _Statement(
     f"{_transition_data('r', 'QUEUED', 'ready', attempt='1')} FROM r), "
     f"{audit_entries_cte('s', events=('executor.submitted', 'task.transition'))} "
     "SELECT g.go, l.id, t.run_id, u.id, u.state, u.ready, u.gate_ready, t.tenant_id, t.classification, t.key, "
-    "u.tenant_id, u.classification, u.key FROM g LEFT JOIN l ON true LEFT JOIN t ON true LEFT JOIN u ON true "
+    "u.tenant_id, u.classification, u.key, u.held FROM g LEFT JOIN l ON true LEFT JOIN t ON true LEFT JOIN u ON true "
     "ORDER BY u.id"
 )
 
@@ -315,6 +343,7 @@ def task_finish_succeeded(task_id: int, attempt: int, outcome, *, alone: bool = 
         "a_ids": [uuid.uuid4() for _ in outputs], "a_names": [o[0] for o in outputs],
         "a_digests": [o[1] for o in outputs], "a_sizes": [o[2] for o in outputs], "a_types": [o[3] for o in outputs],
         "submitted": submitted, "audit_at": now, "audit_where": audit_where_json(), "alone": alone,
+        "window": dispatch_window(),
     }
     with _prepared_cursor() as cursor:
         cursor.execute(_FINISH.sql, _FINISH.params(params))
@@ -327,7 +356,7 @@ def task_finish_succeeded(task_id: int, attempt: int, outcome, *, alone: bool = 
     rows = [row[2:] for row in rows]
     run_id, tenant_id, classification, key = rows[0][0], rows[0][5], rows[0][6], rows[0][7]
     dependants = [row[1:5] for row in rows if row[1] is not None]  # id, state, ready, gate_ready
-    dispatch_on_commit((dep_id, 1) for dep_id, _, ready, _ in dependants if ready)
+    dispatch_on_commit((row[1], 1) for row in rows if row[1] is not None and row[3] and not row[11])
     # Live updates, after commit (gateway/realtime), from what the statement returned: the
     # attempt's end, then the tasks it readied, as the ORM path sends them.
     live.task_states([Moved(tenant_id, classification, run_id, key, "SUCCEEDED"),
@@ -342,4 +371,4 @@ def task_finish_succeeded(task_id: int, attempt: int, outcome, *, alone: bool = 
     return "succeeded"
 
 
-__all__ = ["enabled", "task_claim", "task_finish_succeeded"]
+__all__ = ["enabled", "task_claim", "task_claim_held", "task_finish_succeeded"]

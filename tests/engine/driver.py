@@ -61,3 +61,26 @@ class Driver:
     def refresh(self) -> Run:
         self.run.refresh_from_db()
         return self.run
+
+
+def in_threads(target, count: int) -> None:
+    """Run `target` in `count` threads released together, each with its own database connection
+    (closed when it ends), and wait for them all."""
+    import threading
+
+    from django.db import connections
+
+    barrier = threading.Barrier(count)
+
+    def run():
+        try:
+            barrier.wait()
+            target()
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()

@@ -1,7 +1,8 @@
 """Property-based tests over random DAGs and random orders of completions, failures,
 decisions and duplicated messages. Invariants:
 
-- every attempt is claimed at most once, and a task that never fails runs exactly once;
+- every attempt is claimed at most once, and a task that never fails runs exactly once, whether
+  its message was sent or it was held past the dispatch window and claimed by a draining worker;
 - a task is claimed only once everything it needs has SUCCEEDED;
 - an undecided gate blocks only its descendants: everything else reaches its end first;
 - at the end the run is closed and every task's state follows from its needs'.
@@ -11,6 +12,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from django.conf import settings as django_settings
+from django.test import override_settings
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from approvals.models import Gate
@@ -18,7 +21,7 @@ from approvals.services import gate_decide
 from gateway.choices import TASK_TERMINAL
 from gateway.dispatch import RecordingDispatcher
 from gateway.models import TaskInstance, TaskTransition
-from gateway.worker import task_claim, task_finish
+from gateway.worker import task_claim, task_claim_held, task_finish
 
 from .driver import FAIL, OK, submit
 
@@ -37,7 +40,9 @@ def dags(draw):
         tasks.append(task)
     fail = draw(st.sets(st.sampled_from([t["id"] for t in tasks])))
     reject = draw(st.sets(st.sampled_from([t["id"] for t in tasks])))
-    return tasks, fail, reject, draw(st.integers(0, 2**32 - 1))
+    # The dispatch window: 0 sends every readied task a message; 1 or 2 hold the rest of a batch.
+    window = draw(st.sampled_from([0, 1, 2]))
+    return tasks, fail, reject, draw(st.integers(0, 2**32 - 1)), window
 
 
 def descendants(tasks, root):
@@ -57,7 +62,12 @@ def descendants(tasks, root):
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(case=dags())
 def test_random_dags_in_random_orders(recording, make_tenant, make_member, case):
-    tasks, fail, reject, seed = case
+    tasks, fail, reject, seed, window = case
+    with override_settings(GATEHOUSE_ENGINE={**django_settings.GATEHOUSE_ENGINE, "DISPATCH_WINDOW": window}):
+        _play(recording, make_tenant, make_member, tasks, fail, reject, seed)
+
+
+def _play(recording, make_tenant, make_member, tasks, fail, reject, seed):
     rng = random.Random(seed)
     tenant = make_tenant()
     author, analyst = make_member(tenant, "author"), make_member(tenant, "analyst")
@@ -78,6 +88,8 @@ def test_random_dags_in_random_orders(recording, make_tenant, make_member, case)
         pending = [m for m in RecordingDispatcher.sent if m not in delivered]
         gates = list(Gate.objects.filter(run=run, state="OPEN")) if allow_decisions else []
         actions = [("claim", m) for m in pending] + [("finish", m) for m in running] + [("decide", g) for g in gates]
+        if TaskInstance.objects.filter(run=run, state="QUEUED", held=True).exists():
+            actions.append(("drain", None))  # a worker that finished one of the run's tasks takes a held one
         if delivered and rng.random() < 0.2:
             actions.append(("redeliver", rng.choice(delivered)))
         if not actions or all(a[0] == "redeliver" for a in actions):
@@ -93,6 +105,14 @@ def test_random_dags_in_random_orders(recording, make_tenant, make_member, case)
                 assert all(current[n] == "SUCCEEDED" for n in needs[key]), f"{key} ran before its needs"
                 executions[key] = executions.get(key, 0) + 1
                 running.append(item)
+        elif kind == "drain":
+            current = states()
+            claimed = task_claim_held(run.id)
+            assert claimed is not None, "a held task was left but none could be claimed"
+            key = claimed.key
+            assert all(current[n] == "SUCCEEDED" for n in needs[key]), f"{key} ran before its needs"
+            executions[key] = executions.get(key, 0) + 1
+            running.append((claimed.id, claimed.attempt))
         elif kind == "finish":
             running.remove(item)
             key = by_id[item[0]]

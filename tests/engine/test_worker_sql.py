@@ -13,10 +13,11 @@ from django.db import connection
 from audit.models import AuditEntry, AuditPending
 from executors.base import JobHandle, JobState, JobStatus
 from gateway import dbscope, worker_sql
+from gateway.dispatch import RecordingDispatcher
 from gateway.models import Artefact, TaskInstance, TaskTransition
-from gateway.worker import Outcome, task_claim, task_finish
+from gateway.worker import Outcome, task_claim, task_claim_held, task_finish
 
-from .driver import OK, Driver, submit
+from .driver import OK, Driver, in_threads, submit
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -71,7 +72,7 @@ def _record(run) -> dict:
     entries = AuditEntry.objects.filter(object_type="task", object_id__in=[str(i) for i in keys]).order_by("id")
     tasks = {
         t.key: (t.state, t.attempt, t.needs_remaining, t.exit_code, t.reason, t.worker != "", t.started_at is not None,
-                t.finished_at is not None, t.lease_expires_at is not None)
+                t.finished_at is not None, t.lease_expires_at is not None, t.held)
         for t in TaskInstance.objects.filter(run=run)
     }
     return {
@@ -100,6 +101,35 @@ def test_claim_and_finish_leave_exactly_what_the_orm_path_leaves(recording, tena
     assert len(fast["audit"]) == len(fast["history"]) + 1  # + a's executor.submitted
     assert fast["queued"] == len(fast["audit"])  # every entry queued for the sequencer
     assert [e[0] for e in fast["audit"]].count("executor.submitted") == 1
+
+
+def _play_held(run) -> Driver:
+    """As _play, with a dispatch window of 1: root's end sends a and holds b, which is claimed held."""
+    driver = Driver(run)
+    for key, outcome in (("root", OK), ("b", OK), ("a", SUBMITTED), ("join", OK)):
+        if key == "b":
+            assert RecordingDispatcher.sent[-1] == driver.message_for("a")  # a was sent, b was not
+            claimed = task_claim_held(run.id)
+            assert claimed is not None and claimed.key == "b"
+            task_id, attempt = claimed.id, claimed.attempt
+        else:
+            task_id, attempt = driver.message_for(key)
+            assert task_claim(task_id, attempt) is not None, key
+        assert task_finish(task_id, attempt, outcome) == "succeeded", key
+    return driver
+
+
+def test_with_a_window_the_statements_hold_and_claim_what_the_orm_path_does(recording, tenant, author, monkeypatch,
+                                                                              settings):
+    settings.GATEHOUSE_ENGINE = {**settings.GATEHOUSE_ENGINE, "DISPATCH_WINDOW": 1}
+    fast = _record(_play_held(submit(tenant, author, *SHAPE, name="fast")).run)
+    with monkeypatch.context() as m:
+        _orm(m)
+        reference = _record(_play_held(submit(tenant, author, *SHAPE, name="orm")).run)
+    assert fast == reference
+    assert [h[:4] for h in fast["history"] if h[0] == "b"] == [
+        ("b", "ready", "PENDING", "QUEUED"), ("b", "claim", "QUEUED", "RUNNING"), ("b", "finish", "RUNNING", "SUCCEEDED")]
+    assert fast["tasks"]["b"][-1] is False  # no longer held once claimed
 
 
 def test_the_last_task_closes_the_run_as_the_orm_path_does(recording, tenant, author, monkeypatch):
@@ -145,26 +175,10 @@ def test_a_claim_whose_transition_id_was_recorded_moves_nothing(recording, tenan
 
 def test_two_claims_of_one_attempt_from_two_connections_one_wins(recording, tenant, author):
     """The second claim waits for the first one's row lock, then finds the row RUNNING."""
-    import threading
-
-    from django.db import connections
-
     driver = Driver(submit(tenant, author, {"id": "only"}))
     task_id, attempt = driver.message_for("only")
-    barrier, results = threading.Barrier(4), []
-
-    def claim():
-        try:
-            barrier.wait()
-            results.append(task_claim(task_id, attempt) is not None)
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=claim) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results = []
+    in_threads(lambda: results.append(task_claim(task_id, attempt) is not None), 4)
     assert sorted(results) == [False, False, False, True]
     assert TaskTransition.objects.filter(task_id=task_id, to_state="RUNNING").count() == 1
 

@@ -86,7 +86,8 @@ def test_a_worker_killed_mid_task_is_recovered_by_the_reconciler(processes, tena
     assert Artefact.objects.filter(task=task, name="out", attempt=2).exists()
 
 
-def test_racing_workers_and_reconcilers_run_each_task_exactly_once(processes, tenant, author, tmp_path):
+@pytest.mark.parametrize("window", ["0", "4"], ids=["every-task-sent", "window-4"])
+def test_racing_workers_and_reconcilers_run_each_task_exactly_once(processes, tenant, author, tmp_path, window):
     marks = tmp_path / "marks"
     marks.mkdir()
     env = {"MARKS": str(marks)}
@@ -95,7 +96,8 @@ def test_racing_workers_and_reconcilers_run_each_task_exactly_once(processes, te
     tasks = [{"id": "root", "run": "true"}, *fan,
              {"id": "join", "needs": [t["id"] for t in fan], "env": env, "run": 'echo "$GATEHOUSE_ATTEMPT" >> "$MARKS/join"'}]
     # An impatient dispatch timeout: reconcilers redispatch queued tasks while their first messages still wait.
-    impatient = {"GATEHOUSE_DISPATCH_TIMEOUT_SECONDS": "0.2"}
+    # With a window of 4, 56 of the 60 are held and claimed by the workers that run the other four.
+    impatient = {"GATEHOUSE_DISPATCH_TIMEOUT_SECONDS": "0.2", "GATEHOUSE_DISPATCH_WINDOW": window}
     for name in ("w1", "w2"):
         processes.worker(name, concurrency=2, extra_env=impatient)
     for name in ("r1", "r2"):
@@ -114,6 +116,22 @@ def test_racing_workers_and_reconcilers_run_each_task_exactly_once(processes, te
     for task in TaskInstance.objects.filter(run=run):
         claims = list(TaskTransition.objects.filter(task=task, to_state="RUNNING").values_list("attempt", flat=True))
         assert len(claims) == 1, f"{task.key}: claims {claims}"
+
+
+def test_held_tasks_run_on_the_workers_of_the_sent_ones(processes, tenant, author):
+    """No reconciler runs: the 28 held tasks can only run because the workers that take the two sent
+    messages claim them, each once, at attempt 1 (a short drain, so they also hand on by message)."""
+    fan = [{"id": f"t{i}", "needs": ["root"], "run": "true"} for i in range(30)]
+    env = {"GATEHOUSE_DISPATCH_WINDOW": "2", "GATEHOUSE_DRAIN_SECONDS": "0.3"}
+    processes.worker("w1", concurrency=2, extra_env=env)
+    run = submit(tenant, author, [{"id": "root", "run": "true"}, *fan,
+                                  {"id": "join", "needs": [t["id"] for t in fan], "run": "true"}])
+    wait_until(lambda: run_state(run) != "RUNNING", timeout=60, what=f"the fan-out ({processes.log('w1')[-2000:]})")
+    assert run_state(run) == "SUCCEEDED", states(run)
+    claims = TaskTransition.objects.filter(task__run=run, to_state="RUNNING")
+    assert sorted(claims.values_list("task__key", "attempt")) == sorted(
+        [("root", 1), ("join", 1), *((t["id"], 1) for t in fan)])
+    assert not TaskInstance.objects.filter(run=run, held=True).exists()
 
 
 def test_a_lost_broker_message_is_redispatched(processes, tenant, author):
