@@ -163,3 +163,22 @@ def machine_cpu() -> tuple[float, float] | None:
     idle = values[3] + values[4]  # idle + iowait
     total = sum(values)
     return float(total - idle), float(total)
+
+
+def machine_steal() -> tuple[float, float] | None:
+    """(steal, total) CPU time of the whole machine so far, from /proc/stat: the time the hypervisor
+    ran something else while this machine's CPUs wanted to run. Over an interval, the difference of
+    steal over the difference of total is the share of CPU this machine did not get."""
+    try:
+        with open("/proc/stat", encoding="ascii") as fh:
+            values = [int(v) for v in fh.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return float(values[7]), float(sum(values))
+
+
+def steal_share(before, after) -> float | None:
+    """Percent of the machine's CPU time stolen between two machine_steal() readings."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return 100.0 * (after[0] - before[0]) / (after[1] - before[1])

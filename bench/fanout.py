@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from .common import Figure, median, wait_for
+from .common import Figure, machine_steal, median, steal_share, wait_for
 
 NAME = "fanout"
 TITLE = "2,000-task fan-out/fan-in: engine vs plain Celery"
@@ -31,10 +31,16 @@ HOW = (
     "claimed exactly once. The last two figures split a worker pool process's time per engine task, from the "
     "transition rows the workers wrote: claim → SUCCEEDED row (running the command, storing stdout/stderr, "
     "locking the row) and SUCCEEDED row → the same process's next claim (readying dependants, closing the run, "
-    "commit, the removal of the work directory, which a thread of the process does meanwhile, Celery ack and next "
-    "message, the claim transaction). New PostgreSQL connections per task are "
+    "commit, the removal of the work directory, which a thread of the process does meanwhile, then the claim of "
+    "the next held task or, at the end of a drain, the Celery ack and next message and its claim). New PostgreSQL connections per task are "
     "PostgreSQL's own count (`pg_stat_database.sessions`) over each engine round, divided by its tasks: near 0 "
-    "when the workers keep their connections, near 1 when every task connects anew."
+    "when the workers keep their connections, near 1 when every task connects anew. The engine runs with its "
+    "default dispatch window (`GATEHOUSE_DISPATCH_WINDOW`, `GATEHOUSE_DRAIN_SECONDS`; gateway/dispatch.py): of the "
+    "2,000 tasks root's end readies, the first 32 get a message and the rest are held, claimed by the workers "
+    "that run the sent ones, which hand on with two messages each time their drain time is up; broker messages "
+    "per engine run are Redis's count of LPUSH calls (kombu's publish) over the round; the raw side sends one "
+    "message per task, as plain Celery does. CPU time stolen is the share of the machine's CPU time that "
+    "/proc/stat counts as steal (the hypervisor running something else) over each round."
 )
 
 
@@ -88,6 +94,16 @@ def _raw_round(ctx, n: int, argv: list[str], script: str | None, timeout: float)
     if failed:
         raise RuntimeError(f"{failed} raw tasks did not succeed")
     return elapsed
+
+
+def _broker_pushes() -> int:
+    """Messages the broker has received so far (kombu's Redis transport publishes with LPUSH; Redis
+    counts the calls, all databases together: nothing else uses it while the bench runs)."""
+    import redis
+    from django.conf import settings
+
+    stats = redis.Redis.from_url(settings.CELERY_BROKER_URL).info("commandstats")
+    return int(stats.get("cmdstat_lpush", {}).get("calls", 0))
 
 
 def _sessions() -> int:
@@ -144,6 +160,8 @@ def _timeline(run) -> dict[str, float]:
 
 
 def run(ctx, *, tasks: int = 2000, rounds: int = 3, timeout: float = 240.0, **_) -> list[Figure]:
+    from django.conf import settings
+
     if rounds < 2:
         raise ValueError("--rounds must be at least 2 (interleaved engine/raw rounds)")
     source = workflow(tasks)
@@ -155,17 +173,21 @@ def run(ctx, *, tasks: int = 2000, rounds: int = 3, timeout: float = 240.0, **_)
     _engine_round(ctx, workflow(20, "bench-fanout-warmup"), 22, timeout)
     _raw_round(ctx, 20, argv, script, timeout)
 
-    engine_times, raw_times, sessions = [], [], []
+    engine_times, raw_times, sessions, pushes, steals = [], [], [], [], {"engine": [], "raw": []}
     for i in range(rounds):
-        before = _sessions()
+        before, pushed, stolen = _sessions(), _broker_pushes(), machine_steal()
         elapsed, run = _engine_round(ctx, source, expected, timeout)
+        steals["engine"].append(steal_share(stolen, machine_steal()))
+        pushes.append(_broker_pushes() - pushed)
         time.sleep(1.0)  # backends report their statistics at most once a second
         sessions.append(_sessions() - before)
         _verify(run, expected)
         timeline = _timeline(run)
         engine_times.append(elapsed)
-        ctx.say(f"round {i + 1}: engine {elapsed:.2f} s ({expected / elapsed:.0f} tasks/s)")
+        ctx.say(f"round {i + 1}: engine {elapsed:.2f} s ({expected / elapsed:.0f} tasks/s, {pushes[-1]} messages)")
+        stolen = machine_steal()
         elapsed = _raw_round(ctx, tasks, argv, script, timeout)
+        steals["raw"].append(steal_share(stolen, machine_steal()))
         raw_times.append(elapsed)
         ctx.say(f"round {i + 1}: raw Celery {elapsed:.2f} s ({tasks / elapsed:.0f} tasks/s)")
 
@@ -188,6 +210,16 @@ def run(ctx, *, tasks: int = 2000, rounds: int = 3, timeout: float = 240.0, **_)
         Figure("engine wall time per task (2 pool processes)", round(engine / expected * 1000, 2), "ms"),
         Figure("raw Celery wall time per task (2 pool processes)", round(raw / tasks * 1000, 2), "ms"),
         Figure("engine runs checked SUCCEEDED with all tasks claimed once", rounds, "runs", f"= {rounds}"),
+        Figure("broker messages per engine run (median of rounds)", round(median(pushes)), "messages"),
+        Figure("engine dispatch window (GATEHOUSE_DISPATCH_WINDOW)", settings.GATEHOUSE_ENGINE["DISPATCH_WINDOW"], "tasks"),
+        Figure("engine drain time (GATEHOUSE_DRAIN_SECONDS)", settings.GATEHOUSE_ENGINE["DRAIN_SECONDS"], "s"),
+    ]
+    for side, label in (("engine", "engine rounds"), ("raw", "raw Celery rounds")):
+        shares = [v for v in steals[side] if v is not None]
+        if shares:
+            figures.append(Figure(f"CPU time stolen by the hypervisor during {label}, median", round(median(shares), 1), "%"))
+            figures.append(Figure(f"CPU time stolen by the hypervisor during {label}, highest", round(max(shares), 1), "%"))
+    figures += [
         Figure("new PostgreSQL connections per engine task (median of rounds)",
                round(median(sessions) / expected, 2), "per task"),
         Figure("engine, last round, per pool process: claim → SUCCEEDED row, median", round(timeline["busy"] * 1000, 2), "ms"),
