@@ -7,11 +7,14 @@ step by step in an order they choose.
 The dispatch window: of the tasks readied together (a fan-out's thousands), the first
 DISPATCH_WINDOW in id order get a message; the rest are *held*: QUEUED at attempt 1 like them,
 with their history and audit entries, but no message. A worker that has run a task claims the
-run's held tasks next, one by one, for up to DRAIN_SECONDS (gateway/worker.py), then sends messages
-for a few more (`dispatch_held`). So a fan-out costs a few messages instead of one per task (a
-message's trip through the broker and the worker's main process cost about as much CPU as the
-engine's own bookkeeping of a no-op task), a run spreads over the workers as they free up, and
-other runs' messages are served between one drain and the next instead of after the whole fan-out.
+run's held tasks next, one by one, for up to DRAIN_SECONDS (gateway/worker.py), then sends a
+message for one more (`dispatch_held`) and takes its next message from the queue. A message's
+claim sends one held task a message in its place, so the run keeps its window of messages queued
+while tasks are held: a worker that becomes free finds one, and a run of long tasks spreads over
+every free worker at once, as with a message per task. So a fan-out of short tasks costs tens of
+messages instead of one per task (a message's trip through the broker and the worker's main
+process cost about as much CPU as the engine's own bookkeeping of a no-op task), and other runs'
+messages are served between one drain and the next instead of after the whole fan-out.
 A held task nobody claims (every worker draining its run died) is sent by the reconciler after
 DISPATCH_TIMEOUT, as a lost message is.
 """

@@ -302,7 +302,9 @@ GATEHOUSE_ENGINE = {
     "DISPATCH_TIMEOUT_SECONDS": env.float("GATEHOUSE_DISPATCH_TIMEOUT_SECONDS", default=300.0),
     # Of the tasks readied together (a fan-out), at most DISPATCH_WINDOW get a message; the rest are
     # held, and the worker that runs a sent one then claims held ones of the same run for up to
-    # DRAIN_SECONDS, when it hands on with messages (gateway/worker.py). 0 sends every task a message.
+    # DRAIN_SECONDS, when it hands on with a message (gateway/worker.py); a message taken is replaced
+    # by a held task's, so the run keeps DISPATCH_WINDOW messages queued. 0 sends every task a message
+    # and no worker drains (tasks held before are sent by the reconciler after DISPATCH_TIMEOUT).
     "DISPATCH_WINDOW": env.int("GATEHOUSE_DISPATCH_WINDOW", default=32),
     "DRAIN_SECONDS": env.float("GATEHOUSE_DRAIN_SECONDS", default=2.0),
     "RECONCILE_INTERVAL_SECONDS": env.float("GATEHOUSE_RECONCILE_INTERVAL_SECONDS", default=5.0),

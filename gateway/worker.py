@@ -41,7 +41,7 @@ from audit.services import audit_append
 from . import remote, worker_sql
 from .artefacts import ArtefactError
 from .choices import TaskState
-from .dispatch import dispatch_held, dispatch_on_commit, retry_on_commit
+from .dispatch import dispatch_held, dispatch_on_commit, dispatch_window, retry_on_commit
 from .engine import after_terminal, task_transition
 from .models import Artefact, TaskInstance, TaskTransition
 from .placement import UNREAD, placement_check
@@ -62,7 +62,10 @@ def task_claim(task_id: int, attempt: int) -> TaskInstance | None:
         task = TaskInstance.objects.select_for_update().filter(id=task_id).first()
         if task is None or task.state != TaskState.QUEUED or task.attempt != attempt:
             return None
-        return _claim_locked(task)
+        claimed = _claim_locked(task)
+        if claimed is not None:
+            dispatch_held(task.run_id, 1)  # the message taken is replaced by a held task's (gateway/dispatch.py)
+        return claimed
 
 
 def task_claim_held(run_id) -> TaskInstance | None:
@@ -383,21 +386,23 @@ def _remove_meanwhile(paths: list[Path]) -> Future | None:
     return pool.submit(lambda: [shutil.rmtree(path, ignore_errors=True) for path in paths])
 
 
-#: Messages a worker sends for a run's held tasks when its drain's time is up: more than one, so a
-#: run spreads to workers that became free meanwhile (the messages in flight for it double with each
-#: hand-on while tasks are held), each message carrying a real task, none a duplicate.
-HAND_ON = 2
+#: Messages a worker sends for a run's held tasks when its drain's time is up: its own place in the
+#: queue, handed on (each message a real task, none a duplicate).
+HAND_ON = 1
 
 
 def task_execute(task_id: int, attempt: int) -> str:
     """The whole life of one dispatch message: its attempt; then, while DRAIN_SECONDS have not
     passed, the run's held tasks one after another (gateway/dispatch.py, the window: each claimed
     like a message's, so exactly once); when the time is up with tasks still held, HAND_ON of them
-    get messages and wait their turn in the queue like any other (other runs' messages come first)."""
+    gets a message and waits its turn in the queue like any other (other runs' messages come first).
+    The claim of a message's attempt also sent one held task a message in its place (worker_sql)."""
     task = task_claim(task_id, attempt)
     if task is None:
         return "stale"  # a redelivered message: the attempt was claimed (and its job, if any, recorded) before
     result = _execute_claimed(task)
+    if not dispatch_window():
+        return result  # every task gets a message; tasks held before the window was closed: the reconciler's
     run_id = task.run_id
     deadline = time.monotonic() + float(_engine("DRAIN_SECONDS"))
     while True:

@@ -133,7 +133,18 @@ def _transition_data(source: str, to_state: str, transition: str, attempt: str =
     )
 
 
-def _claim_statement(which: str) -> _Statement:
+# A message's claim also sends one of the run's held tasks (if it has any) a message: taking a
+# message from the queue replaces it there, so the run keeps DISPATCH_WINDOW messages queued while
+# tasks are held and a worker that becomes free finds one (gateway/dispatch.py). The held row is
+# picked with SKIP LOCKED (a drainer claiming it keeps it) after the claimed row is locked.
+_SEND_HELD = (
+    f'n AS (UPDATE "{_TASK}" SET held = false WHERE id = (SELECT q.id FROM "{_TASK}" q '
+    "WHERE q.run_id = (SELECT t.run_id FROM t) AND q.state = 'QUEUED' AND q.held "
+    "ORDER BY q.id LIMIT 1 FOR UPDATE OF q SKIP LOCKED) AND state = 'QUEUED' AND held RETURNING id, attempt), "
+)
+
+
+def _claim_statement(which: str, *, send_held: bool) -> _Statement:
     return _Statement(
         f'WITH t AS (UPDATE "{_TASK}" SET state = \'RUNNING\', reason = \'\', state_changed_at = %(now)s::timestamptz, '
         "worker = %(worker)s::text, lease_expires_at = %(lease)s::timestamptz, started_at = %(now)s, held = false "
@@ -142,21 +153,26 @@ def _claim_statement(which: str) -> _Statement:
         f"h AS ({_history('t', 'claim', repr('QUEUED'), 'RUNNING')}), "
         "s AS (SELECT 1 AS ord, t.tenant_id, 'task.transition' AS event, 'task' AS object_type, t.id::text AS object_id, "
         f"t.classification AS label, {_transition_data('t', 'RUNNING', 'claim')} AS data FROM t), "
+        f"{_SEND_HELD if send_held else ''}"
         f"{audit_entries_cte('s', events=('task.transition',))} "
         f"SELECT {', '.join('t.' + f.column for f in _FIELDS)}, "
         # Which backend configuration the tenant has as of this statement (gateway/placement.py).
         f"(SELECT c.id || ':' || c.revision || ':' || c.digest FROM \"{_CONFIGURATION}\" c "
-        "WHERE c.tenant_id = t.tenant_id) FROM t"
+        "WHERE c.tenant_id = t.tenant_id), "
+        + ("(SELECT n.id FROM n), (SELECT n.attempt FROM n) " if send_held else "NULL::bigint, NULL::integer ")
+        + "FROM t"
     )
 
 
 # The attempt a message names.
-_CLAIM = _claim_statement("id = %(id)s::bigint AND state = 'QUEUED' AND attempt = %(attempt)s::integer")
+_CLAIM = _claim_statement("id = %(id)s::bigint AND state = 'QUEUED' AND attempt = %(attempt)s::integer",
+                          send_held=True)
 # The run's first held task that no other worker is claiming (gateway/dispatch.py, the window):
 # SKIP LOCKED, so that workers draining one run take different tasks without waiting on each other.
 _CLAIM_HELD = _claim_statement(
     f'id = (SELECT q.id FROM "{_TASK}" q WHERE q.run_id = %(run)s::uuid AND q.state = \'QUEUED\' AND q.held '
-    "ORDER BY q.id LIMIT 1 FOR UPDATE SKIP LOCKED) AND state = 'QUEUED' AND held"
+    "ORDER BY q.id LIMIT 1 FOR UPDATE SKIP LOCKED) AND state = 'QUEUED' AND held",
+    send_held=False,
 )
 
 
@@ -236,6 +252,8 @@ def _claim(statement: _Statement, **key) -> TaskInstance | None:
     # The tenant's backend configuration key as the claim saw it: placement_check at dispatch
     # reads the configuration again only when it changed (gateway/placement.py).
     task.claimed_configuration = row[len(_FIELDS)]
+    if row[len(_FIELDS) + 1] is not None:
+        dispatch_on_commit([(row[len(_FIELDS) + 1], row[len(_FIELDS) + 2])])  # the held task sent in its place
     live.task_states([task])  # live updates, after commit (gateway/realtime)
     return task
 

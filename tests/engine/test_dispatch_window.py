@@ -15,7 +15,7 @@ from gateway import worker_sql
 from gateway.models import Run, TaskInstance, TaskTransition
 from gateway.reconcile import reconcile
 from gateway.services import run_cancel
-from gateway.worker import task_claim_held, task_execute
+from gateway.worker import task_claim, task_claim_held, task_execute
 
 from .driver import Driver, in_threads, submit
 
@@ -93,23 +93,45 @@ def test_the_worker_of_a_sent_task_runs_the_held_ones_once_each(recording, tenan
     assert sorted(claims.values_list("task__key", "attempt")) == sorted((key, 1) for key in rows(driver.run))
 
 
-def test_a_drain_stops_at_its_time_and_hands_on_with_messages(recording, tenant, author, window, path):
+def test_a_drain_stops_at_its_time_and_hands_on_with_a_message(recording, tenant, author, window, path):
     window(2, drain_seconds=0.0)
     driver = Driver(fan_out(tenant, author))
     (root,) = driver.new_messages()
     task_execute(*root)
     tasks = rows(driver.run)
-    # The window's two, and two more: root's worker had no time left to take a held task itself.
-    assert driver.new_messages() == [(tasks[f"t{i}"].id, 1) for i in range(4)]
+    # The window's two, and one more: root's worker had no time left to take a held task itself.
+    assert driver.new_messages() == [(tasks[f"t{i}"].id, 1) for i in range(3)]
     assert task_execute(tasks["t0"].id, 1) == "succeeded"
     tasks = rows(driver.run)
-    # Its time was up after its own task: no held task ran; the next two held ones got messages.
+    # Its time was up after its own task: no held task ran. Its claim sent t3 in its message's place,
+    # and its hand-on t4.
     assert [k for k, t in tasks.items() if t.state == "SUCCEEDED"] == ["root", "t0"]
-    assert driver.new_messages() == [(tasks["t4"].id, 1), (tasks["t5"].id, 1)]
-    assert held(driver.run) == [f"t{i}" for i in range(6, FAN)]
-    assert [(tasks[k].state, tasks[k].held) for k in ("t4", "t5")] == [("QUEUED", False)] * 2
+    assert driver.new_messages() == [(tasks["t3"].id, 1), (tasks["t4"].id, 1)]
+    assert held(driver.run) == [f"t{i}" for i in range(5, FAN)]
+    assert [(tasks[k].state, tasks[k].held) for k in ("t3", "t4")] == [("QUEUED", False)] * 2
     # Sent, not moved: no history row beyond their readiness.
     assert TaskTransition.objects.filter(task=tasks["t4"]).count() == 1
+
+
+def test_a_message_taken_is_replaced_by_a_held_task_s(recording, tenant, author, window, path):
+    """So the run keeps its window of messages queued while tasks are held, and a worker that
+    becomes free (a long task elsewhere ended, a worker was added) finds one of them."""
+    window(2)
+    driver = Driver(fan_out(tenant, author))
+    driver.new_messages()  # root's
+    driver.complete("root")  # claim and finish only: no worker drains here
+    tasks = rows(driver.run)
+    assert driver.new_messages() == [(tasks["t0"].id, 1), (tasks["t1"].id, 1)]
+    assert task_claim(tasks["t0"].id, 1) is not None
+    assert driver.new_messages() == [(tasks["t2"].id, 1)]
+    assert held(driver.run) == [f"t{i}" for i in range(3, FAN)]
+    # A held task's claim takes no message from the queue, so it sends none.
+    assert task_claim_held(driver.run.id).key == "t3"
+    assert driver.new_messages() == []
+    assert held(driver.run) == [f"t{i}" for i in range(4, FAN)]
+    # A stale message claims nothing and sends nothing.
+    assert task_claim(tasks["t0"].id, 1) is None
+    assert driver.new_messages() == []
 
 
 def test_workers_draining_one_run_claim_each_held_task_once(recording, tenant, author, window):
@@ -171,3 +193,16 @@ def test_window_zero_sends_every_readied_task(recording, tenant, author, window,
     driver.complete("root")
     assert len(driver.new_messages()) == FAN
     assert held(driver.run) == []
+
+
+def test_with_the_window_closed_no_worker_drains(recording, tenant, author, window, path):
+    """Tasks held before the window was set to 0 wait for the reconciler; a worker takes only its message's."""
+    window(2)
+    driver = Driver(fan_out(tenant, author))
+    driver.new_messages()
+    driver.complete("root")
+    first, _ = driver.new_messages()
+    window(0)
+    assert task_execute(*first) == "succeeded"
+    assert held(driver.run) == [f"t{i}" for i in range(3, FAN)]  # t2 was sent in place of t0's message
+    assert [k for k, t in rows(driver.run).items() if t.state == "SUCCEEDED"] == ["root", "t0"]

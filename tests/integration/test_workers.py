@@ -134,6 +134,23 @@ def test_held_tasks_run_on_the_workers_of_the_sent_ones(processes, tenant, autho
     assert not TaskInstance.objects.filter(run=run, held=True).exists()
 
 
+def test_held_long_tasks_spread_over_every_free_worker_at_once(processes, tenant, author):
+    """A window of 1 holds three of the four: each message's claim sends a held task a message in its
+    place, so the four free pool processes all start one before any ends (without it, the held tasks
+    would wait for a drain, one after another)."""
+    fan = [{"id": f"t{i}", "needs": ["root"], "run": "sleep 2"} for i in range(4)]
+    processes.worker("w1", concurrency=4, extra_env={"GATEHOUSE_DISPATCH_WINDOW": "1"})
+    run = submit(tenant, author, [{"id": "root", "run": "true"}, *fan])
+    wait_until(lambda: run_state(run) != "RUNNING", timeout=60, what=f"the fan-out ({processes.log('w1')[-2000:]})")
+    assert run_state(run) == "SUCCEEDED", states(run)
+    moves = TaskTransition.objects.filter(task__run=run, task__key__startswith="t")
+    claims = list(moves.filter(to_state="RUNNING").values_list("at", flat=True))
+    ends = list(moves.filter(to_state="SUCCEEDED").values_list("at", flat=True))
+    assert len(claims) == len(ends) == 4
+    assert max(claims) < min(ends), f"claims {sorted(claims)}, ends {sorted(ends)}"
+    assert len(set(TaskInstance.objects.filter(run=run, key__startswith="t").values_list("worker", flat=True))) == 4
+
+
 def test_a_lost_broker_message_is_redispatched(processes, tenant, author):
     run = submit(tenant, author, [{"id": "a", "run": "true"}])
     redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()  # the dispatch message is lost
