@@ -155,10 +155,8 @@ def process_cpu_seconds(pid: int) -> float | None:
 def machine_cpu() -> tuple[float, float] | None:
     """(busy, total) CPU time of the whole machine so far, all CPUs, from /proc/stat: the
     utilisation over an interval is the difference of busy over the difference of total."""
-    try:
-        with open("/proc/stat", encoding="ascii") as fh:
-            values = [int(v) for v in fh.readline().split()[1:9]]
-    except (OSError, ValueError):
+    values = _proc_stat_cpu()
+    if values is None:
         return None
     idle = values[3] + values[4]  # idle + iowait
     total = sum(values)
@@ -169,12 +167,18 @@ def machine_steal() -> tuple[float, float] | None:
     """(steal, total) CPU time of the whole machine so far, from /proc/stat: the time the hypervisor
     ran something else while this machine's CPUs wanted to run. Over an interval, the difference of
     steal over the difference of total is the share of CPU this machine did not get."""
+    values = _proc_stat_cpu()
+    return None if values is None else (float(values[7]), float(sum(values)))
+
+
+def _proc_stat_cpu() -> list[int] | None:
+    """The machine's CPU time so far, all CPUs, in clock ticks, from /proc/stat's `cpu` line: user,
+    nice, system, idle, iowait, irq, softirq, steal. None where /proc is not there."""
     try:
         with open("/proc/stat", encoding="ascii") as fh:
-            values = [int(v) for v in fh.readline().split()[1:9]]
+            return [int(v) for v in fh.readline().split()[1:9]]
     except (OSError, ValueError):
         return None
-    return float(values[7]), float(sum(values))
 
 
 def steal_share(before, after) -> float | None:

@@ -135,7 +135,17 @@ def get_dispatcher():
 def dispatch_window() -> int:
     """How many of the tasks readied together are sent as messages (0: all of them); the rest are
     held, and the workers that run the sent ones claim them next (gateway/worker.py)."""
-    return int(settings.GATEHOUSE_ENGINE.get("DISPATCH_WINDOW", 0))
+    return int(settings.GATEHOUSE_ENGINE["DISPATCH_WINDOW"])
+
+
+def held_tasks(run_id):
+    """The run's held tasks, first first, locked as read; a row another transaction holds is
+    skipped (its claim or its message is under way there). The ORM's form of worker_sql's."""
+    from .choices import TaskState
+    from .models import TaskInstance
+
+    return (TaskInstance.objects.select_for_update(skip_locked=True)
+            .filter(run_id=run_id, state=TaskState.QUEUED, held=True).order_by("id"))
 
 
 def dispatch_on_commit(messages: Iterable[Message]) -> None:
@@ -160,13 +170,10 @@ def cancel_remote_on_commit(task_id: int, attempt: int) -> None:
 
 def dispatch_held(run_id, count: int) -> int:
     """Send messages for up to `count` of the run's held tasks (no longer held), after commit."""
-    from .choices import TaskState
     from .models import TaskInstance
 
     with transaction.atomic():
-        ids = list(TaskInstance.objects.select_for_update(skip_locked=True)
-                   .filter(run_id=run_id, state=TaskState.QUEUED, held=True).order_by("id")
-                   .values_list("id", "attempt")[:count])
+        ids = list(held_tasks(run_id).values_list("id", "attempt")[:count])
         if ids:
             # Still QUEUED at the same attempt: no move, so no history row; only a message now.
             TaskInstance.objects.filter(id__in=[i for i, _ in ids]).update(held=False)

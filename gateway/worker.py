@@ -41,7 +41,7 @@ from audit.services import audit_append
 from . import remote, worker_sql
 from .artefacts import ArtefactError
 from .choices import TaskState
-from .dispatch import dispatch_held, dispatch_on_commit, dispatch_window, retry_on_commit
+from .dispatch import dispatch_held, dispatch_on_commit, dispatch_window, held_tasks, retry_on_commit
 from .engine import after_terminal, task_transition
 from .models import Artefact, TaskInstance, TaskTransition
 from .placement import UNREAD, placement_check
@@ -75,8 +75,7 @@ def task_claim_held(run_id) -> TaskInstance | None:
     if worker_sql.enabled():
         return worker_sql.task_claim_held(run_id)  # the same, in one statement
     with transaction.atomic():
-        task = (TaskInstance.objects.select_for_update(skip_locked=True)
-                .filter(run_id=run_id, state=TaskState.QUEUED, held=True).order_by("id").first())
+        task = held_tasks(run_id).first()
         return None if task is None else _claim_locked(task)
 
 

@@ -133,14 +133,21 @@ def _transition_data(source: str, to_state: str, transition: str, attempt: str =
     )
 
 
+def _first_held(run: str, *, lock: str = "") -> str:
+    """The id of the run's first held task that no other transaction has locked (the partial index
+    task_held_by_run): dispatch.held_tasks in SQL. `lock` names the row to lock when the subquery
+    also reads a CTE (FOR UPDATE cannot lock a WITH query's rows)."""
+    return (f'(SELECT q.id FROM "{_TASK}" q WHERE q.run_id = {run} AND q.state = \'QUEUED\' AND q.held '
+            f"ORDER BY q.id LIMIT 1 FOR UPDATE{lock} SKIP LOCKED)")
+
+
 # A message's claim also sends one of the run's held tasks (if it has any) a message: taking a
 # message from the queue replaces it there, so the run keeps DISPATCH_WINDOW messages queued while
 # tasks are held and a worker that becomes free finds one (gateway/dispatch.py). The held row is
 # picked with SKIP LOCKED (a drainer claiming it keeps it) after the claimed row is locked.
 _SEND_HELD = (
-    f'n AS (UPDATE "{_TASK}" SET held = false WHERE id = (SELECT q.id FROM "{_TASK}" q '
-    "WHERE q.run_id = (SELECT t.run_id FROM t) AND q.state = 'QUEUED' AND q.held "
-    "ORDER BY q.id LIMIT 1 FOR UPDATE OF q SKIP LOCKED) AND state = 'QUEUED' AND held RETURNING id, attempt), "
+    f'n AS (UPDATE "{_TASK}" SET held = false WHERE id = {_first_held("(SELECT t.run_id FROM t)", lock=" OF q")} '
+    "AND state = 'QUEUED' AND held RETURNING id, attempt), "
 )
 
 
@@ -169,11 +176,7 @@ _CLAIM = _claim_statement("id = %(id)s::bigint AND state = 'QUEUED' AND attempt 
                           send_held=True)
 # The run's first held task that no other worker is claiming (gateway/dispatch.py, the window):
 # SKIP LOCKED, so that workers draining one run take different tasks without waiting on each other.
-_CLAIM_HELD = _claim_statement(
-    f'id = (SELECT q.id FROM "{_TASK}" q WHERE q.run_id = %(run)s::uuid AND q.state = \'QUEUED\' AND q.held '
-    "ORDER BY q.id LIMIT 1 FOR UPDATE SKIP LOCKED) AND state = 'QUEUED' AND held",
-    send_held=False,
-)
+_CLAIM_HELD = _claim_statement(f"id = {_first_held('%(run)s::uuid')} AND state = 'QUEUED' AND held", send_held=False)
 
 
 _worker = (None, "")
@@ -188,7 +191,7 @@ def _worker_name() -> str:
     return _worker[1]
 
 
-def _claim_row(params: dict, statement: _Statement = _CLAIM):
+def _claim_row(params: dict, statement: _Statement):
     # Inside a caller's transaction the statement gets a savepoint, so that a refused history
     # row (its transition id was recorded before) leaves that transaction usable.
     with transaction.atomic() if connection.in_atomic_block else nullcontext(), _prepared_cursor() as cursor:
@@ -196,7 +199,7 @@ def _claim_row(params: dict, statement: _Statement = _CLAIM):
         return cursor.fetchone()
 
 
-def _claim_checking_health(params: dict, statement: _Statement = _CLAIM):
+def _claim_checking_health(params: dict, statement: _Statement):
     """The claim, as the kept connection's health check. With CONN_HEALTH_CHECKS, Django checks a
     kept connection with its own `SELECT 1` round trip before the first statement of each task
     (gateway.celery runs close_old_connections around every task); here the claim itself is the
